@@ -8,14 +8,28 @@ concatenated in order — and fill the `<IMG_CONTEXT>` slots of `input_ids` in t
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration import InternVLXConfig
-from .errors import ImageError, PromptError
-from .projectors import PVTCProjector, build_projector
+from .errors import CheckpointError, ImageError, PromptError
+from .projectors import PVTCProjector, build_projector, resize_cls_scale, resize_position_embeddings
+
+logger = logging.getLogger(__name__)
+
+# Parameters whose shape depends on the tile grid: they are resized, not rejected, when a
+# checkpoint is loaded for another tile size or downsample ratio.
+_GRID_RESIZERS = {
+    "projector.cls_scale": lambda t, cfg: resize_cls_scale(t, cfg.token_grid),
+    "vision_model.embeddings.position_embeddings": lambda t, cfg: resize_position_embeddings(t, cfg.patch_grid),
+}
+# The PVTC local-query input width is M²·Cv: another downsample ratio cannot reuse it.
+_RETRAIN_ON_RATIO_CHANGE = ("projector.mlp1.0.weight", "projector.mlp1.1.weight")
 
 
 class InternVLXPreTrainedModel(PreTrainedModel):
@@ -50,6 +64,52 @@ class InternVLXForConditionalGeneration(InternVLXPreTrainedModel, GenerationMixi
         self.projector = build_projector(config)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, strict (missing or unexpected keys raise
+        `CheckpointError` naming them), plus: loading weights for another tile size or
+        downsample ratio resizes `cls_scale` (bilinear) and the ViT position table (bicubic)
+        with a warning instead of failing. Any other shape mismatch still fails."""
+        if kwargs.get("ignore_mismatched_sizes"):
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
+        )
+        problems = [
+            f"{what} keys ({len(keys)}): {', '.join(sorted(keys)[:12])}"
+            for what, keys in (("missing", info["missing_keys"]), ("unexpected", info["unexpected_keys"]))
+            if keys
+        ]
+        if problems:
+            raise CheckpointError(
+                f"checkpoint {pretrained_model_name_or_path} does not match the model: " + "; ".join(problems)
+            )
+        mismatched = {key: (tuple(old), tuple(new)) for key, old, new in info["mismatched_keys"]}
+        if mismatched:
+            model._adapt_grid(Path(pretrained_model_name_or_path), mismatched)
+        info["mismatched_keys"] = set()
+        return (model, info) if want_info else model
+
+    def _adapt_grid(self, path: Path, mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]) -> None:
+        from .convert import read_safetensors_dir
+
+        retrain = [k for k in mismatched if k in _RETRAIN_ON_RATIO_CHANGE]
+        other = sorted(set(mismatched) - set(_GRID_RESIZERS) - set(retrain))
+        if other or not path.is_dir():
+            details = ", ".join(f"{k}: checkpoint {list(o)} vs model {list(n)}" for k, (o, n) in mismatched.items())
+            raise CheckpointError(f"checkpoint {path} does not fit this configuration: {details}")
+        tensors, _ = read_safetensors_dir(path)
+        params = dict(self.named_parameters())
+        with torch.no_grad():
+            for key in set(mismatched) & set(_GRID_RESIZERS):
+                params[key].copy_(_GRID_RESIZERS[key](tensors[key], self.config))
+        if retrain:
+            logger.warning(
+                "the checkpoint was trained with another downsample ratio: %s were re-initialised "
+                "and must be trained before the model is useful", ", ".join(retrain)
+            )
 
     # ------------------------------------------------------------------ plumbing
     def get_input_embeddings(self):

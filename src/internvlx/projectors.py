@@ -144,12 +144,6 @@ class PVTCProjector(nn.Module):
             global_q = block(global_q, kv)
         return (local_q + global_q).reshape(n, h * h, c)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        key = prefix + "cls_scale"
-        if key in state_dict:
-            state_dict[key] = resize_cls_scale(state_dict[key], self.grid)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
 
 def resize_cls_scale(cls_scale: torch.Tensor, grid: int) -> torch.Tensor:
     """Bilinearly interpolate a `[1, g, g, C]` `cls_scale` to `[1, grid, grid, C]` (with a
@@ -166,6 +160,19 @@ def resize_cls_scale(cls_scale: torch.Tensor, grid: int) -> torch.Tensor:
     x = cls_scale.detach().float().permute(0, 3, 1, 2)
     x = F.interpolate(x, size=(grid, grid), mode="bilinear", align_corners=False)
     return x.permute(0, 2, 3, 1).to(cls_scale.dtype).contiguous()
+
+
+def resize_position_embeddings(table: torch.Tensor, patches: int) -> torch.Tensor:
+    """Bicubically resize a ViT position table `[1, 1 + g*g, C]` to `[1, 1 + patches², C]`
+    (the CLS entry is kept), as InternViT does for other image sizes."""
+    old = round((table.shape[1] - 1) ** 0.5)
+    if old == patches:
+        return table
+    logger.warning("resizing ViT position embeddings from %dx%d to %dx%d patches", old, old, patches, patches)
+    grid = table[:, 1:].detach().float().reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(patches, patches), mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, patches * patches, -1).to(table.dtype)
+    return torch.cat([table[:, :1], grid], dim=1).contiguous()
 
 
 class MLPProjector(nn.Module):
