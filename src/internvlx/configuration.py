@@ -76,7 +76,47 @@ class TilingConfig:
             )
 
 
-_SECTIONS: dict[str, type] = {"projector": ProjectorConfig, "tiling": TilingConfig}
+LVTC_POOLS = ("avg", "pixel_shuffle_linear")
+LVTC_UPSAMPLES = ("bilinear", "nearest")
+LVTC_RESIDUALS = ("projector", "none")
+
+
+@dataclass
+class LVTCConfig:
+    """Layer-wise visual-token compression inside the LLM (SPEC §4, our re-derivation).
+
+    Layers `0..expand_layer-1` see each tile's visual grid pooled by `stride` per side; before
+    layer `expand_layer` the visual hidden states are upsampled back to the full grid and
+    `gate ⊙ residual` is added (`residual="projector"`: the full-resolution projector output).
+    `expand_layer=None` means `round(0.8 * num_layers)`. The gate is per channel and starts at
+    `gate_init` (0: the deep layers first see exactly the upsampled shallow states, the closest
+    start to a checkpoint trained without LVTC; training then learns how much detail to add).
+    """
+
+    enabled: bool = False
+    expand_layer: int | None = None
+    stride: int = 2
+    pool: str = "avg"
+    upsample: str = "bilinear"
+    residual: str = "projector"
+    gate_init: float = 0.0
+
+    def validate(self) -> None:
+        for name, value, allowed in (
+            ("pool", self.pool, LVTC_POOLS),
+            ("upsample", self.upsample, LVTC_UPSAMPLES),
+            ("residual", self.residual, LVTC_RESIDUALS),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"lvtc.{name} must be one of {allowed}, got {value!r}")
+        if self.stride < 1:
+            raise ConfigError(f"lvtc.stride must be >= 1, got {self.stride}")
+
+    def resolved_expand_layer(self, num_layers: int) -> int:
+        return round(0.8 * num_layers) if self.expand_layer is None else self.expand_layer
+
+
+_SECTIONS: dict[str, type] = {"projector": ProjectorConfig, "tiling": TilingConfig, "lvtc": LVTCConfig}
 
 
 def _section(cls: type, value: Any, name: str):
@@ -102,6 +142,7 @@ class InternVLXConfig(PreTrainedConfig):
             `model_type`; default Llama, which InternLM2 converts to).
         projector: `ProjectorConfig` or dict.
         tiling: `TilingConfig` or dict.
+        lvtc: `LVTCConfig` or dict (disabled by default).
         image_token_id: id of `<IMG_CONTEXT>` in the tokenizer.
         template: chat template name (`internlm2-chat`, `Hermes-2`, `phi3-chat`, ...).
     """
@@ -116,6 +157,7 @@ class InternVLXConfig(PreTrainedConfig):
     text_config: dict | PreTrainedConfig | None = None
     projector: dict | ProjectorConfig | None = None
     tiling: dict | TilingConfig | None = None
+    lvtc: dict | LVTCConfig | None = None
     image_token_id: int = 92546
     template: str = "internlm2-chat"
     tie_word_embeddings: bool = False
@@ -139,6 +181,23 @@ class InternVLXConfig(PreTrainedConfig):
                 f"patch grid {grid}x{grid} is not divisible by the projector region "
                 f"{self.projector.region} (downsample_ratio {self.projector.downsample_ratio})"
             )
+        if self.lvtc.enabled:
+            layers = self.text_config.num_hidden_layers
+            k = self.lvtc.resolved_expand_layer(layers)
+            if not 1 <= k <= layers - 1:
+                raise ConfigError(
+                    f"lvtc.expand_layer must lie in 1..{layers - 1} for a {layers}-layer LLM, got {k}"
+                )
+            if self.token_grid % self.lvtc.stride:
+                raise ConfigError(
+                    f"lvtc.stride {self.lvtc.stride} does not divide the {self.token_grid}x"
+                    f"{self.token_grid} visual token grid of a tile"
+                )
+
+    @property
+    def lvtc_expand_layer(self) -> int:
+        """The first LLM layer that sees the expanded (full-resolution) visual tokens."""
+        return self.lvtc.resolved_expand_layer(self.text_config.num_hidden_layers)
 
     @property
     def tile_size(self) -> int:
