@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from transformers import AutoConfig, InternVLVisionConfig, PreTrainedConfig
@@ -216,6 +216,20 @@ class InternVLXConfig(PreTrainedConfig):
     @property
     def tokens_per_tile(self) -> int:
         return self.token_grid**2
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # keep the sections typed when they are assigned after construction (e.g. by
+        # from_pretrained(..., lvtc={...}) or model.configure_lvtc)
+        if name in _SECTIONS and value is not None:
+            value = _section(_SECTIONS[name], value, name)
+        super().__setattr__(name, value)
+
+    @property
+    def input_tokens_per_tile(self) -> int:
+        """`<IMG_CONTEXT>` slots per tile in the LLM input: compressed by LVTC when enabled."""
+        if self.lvtc.enabled:
+            return (self.token_grid // self.lvtc.stride) ** 2
+        return self.tokens_per_tile
 
     # ------------------------------------------------------------- serialisation
     def to_dict(self) -> dict[str, Any]:

@@ -17,7 +17,8 @@ from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration import InternVLXConfig
-from .errors import CheckpointError, ImageError, PromptError
+from .errors import CheckpointError, ConfigError, ImageError, PromptError
+from .lvtc import LVTCCache, LVTCCompressor, build_layout, expand_hidden, positions_from_mask, run_layers
 from .projectors import PVTCProjector, build_projector, resize_cls_scale, resize_position_embeddings
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,10 @@ class InternVLXPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, PVTCProjector):
             init.normal_(module.cls_scale, mean=0.0, std=1.0)  # torch.randn, as the authors do
+        if isinstance(module, LVTCCompressor):
+            init.constant_(module.gate, module.gate_init)
+            if module.pool_proj is not None:
+                init.copy_(module.pool_proj.weight, module.average_pool_weight())
 
 
 class InternVLXForConditionalGeneration(InternVLXPreTrainedModel, GenerationMixin):
@@ -63,7 +68,21 @@ class InternVLXForConditionalGeneration(InternVLXPreTrainedModel, GenerationMixi
         self.vision_model = AutoModel.from_config(config.vision_config)
         self.projector = build_projector(config)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.lvtc = LVTCCompressor(config) if config.lvtc.enabled else None
         self.post_init()
+
+    def configure_lvtc(self, enabled: bool = True, **fields) -> None:
+        """Switch LVTC on or off (or change its settings) on a built model, e.g. for a
+        checkpoint trained without it. New LVTC parameters start at their documented init."""
+        settings = {**vars(self.config.lvtc), **fields, "enabled": enabled}
+        self.config.lvtc = settings  # validated by the config
+        self.config.validate_sections()
+        if not enabled:
+            self.lvtc = None
+            return
+        ref = self.get_input_embeddings().weight
+        self.lvtc = LVTCCompressor(self.config).to(device=ref.device, dtype=ref.dtype)
+        self._init_weights(self.lvtc)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -77,9 +96,12 @@ class InternVLXForConditionalGeneration(InternVLXPreTrainedModel, GenerationMixi
         model, info = super().from_pretrained(
             pretrained_model_name_or_path, *args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
         )
+        # LVTC switched on for a checkpoint trained without it: its parameters start at their
+        # documented initialisation (see LVTCCompressor); everything else must be present.
+        missing = {k for k in info["missing_keys"] if not k.startswith("lvtc.")}
         problems = [
             f"{what} keys ({len(keys)}): {', '.join(sorted(keys)[:12])}"
-            for what, keys in (("missing", info["missing_keys"]), ("unexpected", info["unexpected_keys"]))
+            for what, keys in (("missing", missing), ("unexpected", info["unexpected_keys"]))
             if keys
         ]
         if problems:
@@ -188,6 +210,13 @@ class InternVLXForConditionalGeneration(InternVLXPreTrainedModel, GenerationMixi
             cache = kwargs.pop("past_key_values")
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if self.lvtc is not None:
+            if inputs_embeds is not None:
+                raise ConfigError("with LVTC enabled, pass input_ids (the image slots locate the tiles)")
+            return self._forward_lvtc(
+                input_ids, pixel_values, attention_mask, position_ids, cache, labels, use_cache,
+                logits_to_keep, **kwargs,
+            )
         if inputs_embeds is None:
             decoding = cache is not None and cache.get_seq_length() > 0
             inputs_embeds = self.embed_inputs(input_ids, pixel_values, decoding)
@@ -202,4 +231,73 @@ class InternVLXForConditionalGeneration(InternVLXPreTrainedModel, GenerationMixi
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
             **kwargs,
+        )
+
+    def _forward_lvtc(
+        self, input_ids, pixel_values, attention_mask, position_ids, cache, labels, use_cache,
+        logits_to_keep, output_hidden_states=None, **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Two-stage forward: layers 0..K-1 on the compressed sequence, K..L-1 on the expanded
+        one (see `internvlx.lvtc`). Logits come back in the compressed (input) layout."""
+        lm = self.language_model.model
+        text_cfg = self.config.text_config
+        k, n_layers = self.config.lvtc_expand_layer, text_cfg.num_hidden_layers
+        use_cache = text_cfg.use_cache if use_cache is None else use_cache
+        if self.is_activation_checkpointing and self.training:
+            use_cache = False
+        collect: list[torch.Tensor] | None = [] if output_hidden_states else None
+        kwargs.pop("return_dict", None)
+        decoding = cache is not None and cache.get_seq_length() > 0
+        if not decoding:
+            layout = build_layout(
+                input_ids, attention_mask, self.config.image_token_id, self.config.token_grid, self.lvtc.stride
+            )
+            embeds = self.get_input_embeddings()(input_ids)
+            features = None
+            if pixel_values is not None:
+                features = self.get_image_features(pixel_values)
+                embeds = self.merge_image_features(input_ids, embeds, self.lvtc.compress(features))
+            elif layout.tiles:
+                raise PromptError(f"the prompt has image slots for {layout.tiles} tiles but no pixel_values")
+            if use_cache:
+                if not isinstance(cache, LVTCCache):
+                    cache = LVTCCache(config=text_cfg)  # replaces the empty cache generate() made
+                cache.hi_prompt_mask, cache.lo_prompt_width, cache.extra = (
+                    layout.hi_mask, input_ids.shape[1], layout.extra)
+            lo_pos = positions_from_mask(layout.lo_mask) if position_ids is None else position_ids
+            hidden = run_layers(lm, embeds, range(k), layout.lo_mask, lo_pos, cache, use_cache, collect, **kwargs)
+            hidden = expand_hidden(self.lvtc, hidden, input_ids, layout, self.config.image_token_id, features)
+            hi_pos = positions_from_mask(layout.hi_mask)
+            hidden = run_layers(lm, hidden, range(k, n_layers), layout.hi_mask, hi_pos, cache, use_cache, collect, **kwargs)
+            hidden = lm.norm(hidden)
+            c = hidden.shape[-1]
+            hidden = hidden.gather(1, layout.lo_from_hi.unsqueeze(-1).expand(-1, -1, c))
+        else:
+            if pixel_values is not None:
+                raise PromptError("LVTC cannot add images to a sequence that is already cached")
+            if not isinstance(cache, LVTCCache) or cache.extra is None:
+                raise ValueError("LVTC decoding needs the cache returned by its prefill forward")
+            n_new = input_ids.shape[1]
+            lo_mask = attention_mask
+            if lo_mask is None:
+                lo_mask = torch.ones(
+                    (input_ids.shape[0], cache.get_seq_length() + n_new), dtype=torch.long, device=input_ids.device)
+            hi_mask = torch.cat([cache.hi_prompt_mask, lo_mask[:, cache.lo_prompt_width:].to(torch.long)], dim=1)
+            lo_pos = positions_from_mask(lo_mask)[:, -n_new:] if position_ids is None else position_ids
+            hi_pos = lo_pos + cache.extra.unsqueeze(1)
+            hidden = self.get_input_embeddings()(input_ids)
+            hidden = run_layers(lm, hidden, range(k), lo_mask, lo_pos, cache, True, collect, **kwargs)
+            hidden = run_layers(lm, hidden, range(k, n_layers), hi_mask, hi_pos, cache, True, collect, **kwargs)
+            hidden = lm.norm(hidden)
+        if collect is not None:
+            collect.append(hidden)
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) and logits_to_keep else slice(None)
+        logits = self.language_model.lm_head(hidden[:, keep] if isinstance(logits_to_keep, int) else hidden[:, logits_to_keep])
+        loss = None
+        if labels is not None:
+            loss = self.language_model.loss_function(
+                logits=logits, labels=labels, vocab_size=text_cfg.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, cache=cache if use_cache else None,
+            hidden_states=tuple(collect) if collect is not None else None,
         )
