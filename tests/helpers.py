@@ -37,3 +37,36 @@ def left_pad(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def pixels(tiles: int, size: int = 56, seed: int = 0) -> torch.Tensor:
     return torch.randn(tiles, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def build_chat_model_dir(root, *, seed: int = 0, lvtc: bool = False, **overrides):
+    """A complete model directory (weights, tokenizer, processor) made the way a user would:
+    an official-layout checkpoint with an InternLM2 SentencePiece tokenizer, converted with the
+    production converter. Returns the directory."""
+    from pathlib import Path
+
+    from internvlx import convert_official, convert_to_official
+    from internvlx.tokenizer import load_internlm2_tokenizer_dir
+    from tests.helpers_spm import build_internlm2_tokenizer_dir
+
+    root = Path(root)
+    tok_dir = build_internlm2_tokenizer_dir(root / "tok")
+    tok = load_internlm2_tokenizer_dir(tok_dir)
+    image_id = tok.convert_tokens_to_ids("<IMG_CONTEXT>")
+    text = {"vocab_size": len(tok), "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
+            "bos_token_id": tok.bos_token_id}
+    model = tiny_model(seed=seed, text_config=text, image_token_id=image_id, **overrides)
+    model.save_pretrained(root / "ours_raw")
+    convert_to_official(root / "ours_raw", root / "official")
+    for f in tok_dir.iterdir():
+        if f.is_file():
+            (root / "official" / f.name).write_bytes(f.read_bytes())
+    convert_official(root / "official", root / "model")
+    if lvtc:  # the official layout has no LVTC: switch it on in the converted directory
+        m = InternVLXForConditionalGeneration.from_pretrained(root / "model", lvtc={"enabled": True})
+        m.save_pretrained(root / "model")
+        from internvlx import InternVLXProcessor
+
+        InternVLXProcessor.from_config(m.config, InternVLXProcessor.from_pretrained(root / "model").tokenizer
+                                       ).save_pretrained(root / "model")
+    return root / "model"

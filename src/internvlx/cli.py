@@ -47,7 +47,107 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=_convert_to_official)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_convert]
+def _chat(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import TextStreamer
+
+    from .accounting import count_visual_tokens, prefill_flops
+    from .configuration import InternVLXConfig
+    from .images import load_image
+    from .modeling import InternVLXForConditionalGeneration
+    from .processing import InternVLXProcessor
+
+    torch.set_grad_enabled(False)
+    overrides = {"lvtc": {"enabled": args.lvtc == "on"}} if args.lvtc else {}
+    model = InternVLXForConditionalGeneration.from_pretrained(args.model, **overrides).eval()
+    processor = InternVLXProcessor.from_config(
+        model.config, InternVLXProcessor.from_pretrained(args.model).tokenizer)
+    tiling = {k: v for k, v in (("policy", args.policy), ("max_tiles", args.max_tiles)) if v is not None}
+    if "max_tiles" in tiling:
+        tiling["min_tiles"] = min(processor.settings.min_tiles, tiling["max_tiles"])
+    images = [load_image(path, max_pixels=processor.settings.max_pixels) for path in args.image]
+    if args.show_tokens:
+        baseline = InternVLXConfig.from_preset("internvl2-2b")
+        for path, img in zip(args.image, images, strict=True):
+            ours = count_visual_tokens(img.width, img.height, model.config, **tiling,
+                                       max_visual_tokens=args.max_visual_tokens)
+            base = count_visual_tokens(img.width, img.height, baseline)
+            print(f"[{path}] {img.width}x{img.height}: {ours.cols}x{ours.rows} tiles"
+                  f"{' + thumbnail' if ours.thumbnail else ''} = {ours.tiles} tiles; visual tokens at the "
+                  f"LLM input {ours.llm_input_tokens}, mean per layer {ours.mean_per_layer:.0f} "
+                  f"(InternVL2 stock tiling: {base.tiles} tiles, {base.llm_input_tokens} tokens)")
+            flops = prefill_flops(model.config, [ours.tiles], 64)
+            print(f"  analytic prefill FLOPs (64 text tokens): {flops.total:.3e}")
+    streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    generation = {"max_new_tokens": args.max_new_tokens}
+    if args.temperature > 0:
+        generation.update(do_sample=True, temperature=args.temperature, top_p=args.top_p)
+    if args.question:
+        model.chat(processor, images, args.question, streamer=streamer, tiling=tiling,
+                   max_visual_tokens=args.max_visual_tokens, **generation)
+        return 0
+    history: list[tuple[str, str]] = []
+    print("interactive chat: /reset clears the history, /quit or an empty line ends", flush=True)
+    while True:
+        try:
+            question = input("> ").strip()
+        except EOFError:
+            break
+        if question in ("", "/quit"):
+            break
+        if question == "/reset":
+            history = []
+            continue
+        _, history = model.chat(processor, images, question, history=history, return_history=True,
+                                streamer=streamer, tiling=tiling, max_visual_tokens=args.max_visual_tokens,
+                                **generation)
+    return 0
+
+
+def _add_chat(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("chat", help="ask questions about images (streams the answer)")
+    p.add_argument("model", help="model directory (weights, tokenizer, processor_config.json)")
+    p.add_argument("question", nargs="?", default=None, help="omit for an interactive multi-turn chat")
+    p.add_argument("--image", action="append", default=[], help="image file; repeat for several images")
+    p.add_argument("--policy", choices=["stock", "length", "area"], default=None, help="tiling policy (RVTC: length/area)")
+    p.add_argument("--max-tiles", type=int, default=None)
+    p.add_argument("--max-visual-tokens", type=int, default=None, help="visual-token budget of the request")
+    p.add_argument("--lvtc", choices=["on", "off"], default=None, help="override the model's LVTC setting")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--show-tokens", action="store_true", help="print the visual-token and FLOPs accounting")
+    p.set_defaults(func=_chat)
+
+
+def _data_synth(args: argparse.Namespace) -> int:
+    from .synth import generate_synthetic
+
+    stats = generate_synthetic(
+        args.out, args.n, resolution=args.resolution, seed=args.seed, test_fraction=args.test_fraction,
+        caption_fraction=args.caption_fraction, overwrite=args.overwrite, progress=not args.no_progress,
+    )
+    print(f"wrote {args.out}: {stats['train']['n']} train / {stats['test']['n']} test "
+          f"samples in {stats['elapsed_s']:.1f} s; question types {stats['qtypes']}")
+    return 0
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="datasets")
+    data = p.add_subparsers(dest="data_command", required=True)
+    s = data.add_parser("synth", help="generate the synthetic visual-QA dataset (no download)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--n", type=int, required=True, help="number of samples (train + test)")
+    s.add_argument("--resolution", choices=["low", "high"], default="low")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--test-fraction", type=float, default=0.1)
+    s.add_argument("--caption-fraction", type=float, default=0.15, help="1.0: caption-only (stage-1) data")
+    s.add_argument("--overwrite", action="store_true", help="replace a previous synthetic dataset in --out")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=_data_synth)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_convert, _add_chat, _add_data]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `internvlx chat DIR --image X "question"`: a positional after options arrives as extra
+    if extra and getattr(args, "question", "") is None and len(extra) == 1 and not extra[0].startswith("-"):
+        args.question, extra = extra[0], []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except InternVLXError as e:

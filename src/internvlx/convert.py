@@ -299,6 +299,11 @@ def ours_to_official(sd: StateDict, config: InternVLXConfig, llm_type: str = "in
         if m and llm_type == "internlm2":
             fused.setdefault(f"language_model.model.layers.{m[1]}.attention.wqkv.{m[3]}", {})[m[2]] = t
             continue
+        if key.startswith("lvtc."):
+            raise ConfigError(
+                f"{key}: the authors' layout has no LVTC (it was never released); export a model "
+                f"without LVTC or keep the internvlx format"
+            )
         if key.startswith("vision_model."):
             out["vision_model." + _rename(key[13:], _VISION_RENAMES, "vision", reverse=True)] = t
         elif key.startswith("projector.") and config.projector.type == "pvtc":
@@ -443,7 +448,11 @@ def convert_official(
     config.save_pretrained(dst)
     save_state_dict(ours, dst)
     if tokenizer is not None:
-        tokenizer.save_pretrained(dst)
+        from .processing import InternVLXProcessor
+        from .templates import get_template
+
+        tokenizer.chat_template = get_template(config.template).chat_template
+        InternVLXProcessor.from_config(config, tokenizer).save_pretrained(dst)  # tokenizer files too
     _write_generation_config(config, dst)
     say(f"wrote {dst} ({sum(t.numel() for t in ours.values()):,} parameters)")
     return config

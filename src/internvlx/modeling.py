@@ -18,7 +18,14 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration import InternVLXConfig
 from .errors import CheckpointError, ConfigError, ImageError, PromptError
-from .lvtc import LVTCCache, LVTCCompressor, build_layout, expand_hidden, positions_from_mask, run_layers
+from .lvtc import (
+    LVTCCache,
+    LVTCCompressor,
+    build_layout,
+    expand_hidden,
+    positions_from_mask,
+    run_layers,
+)
 from .projectors import PVTCProjector, build_projector, resize_cls_scale, resize_position_embeddings
 
 logger = logging.getLogger(__name__)
@@ -301,3 +308,42 @@ class InternVLXForConditionalGeneration(InternVLXPreTrainedModel, GenerationMixi
             loss=loss, logits=logits, cache=cache if use_cache else None,
             hidden_states=tuple(collect) if collect is not None else None,
         )
+
+    # ---------------------------------------------------------------------- chat
+    @torch.no_grad()
+    def chat(
+        self,
+        processor,
+        images=(),
+        question: str = "",
+        history: list[tuple[str, str]] | None = None,
+        *,
+        return_history: bool = False,
+        streamer=None,
+        max_visual_tokens: int | None = None,
+        tiling: dict | None = None,
+        **generation,
+    ):
+        """Answer `question` about `images` (paths, bytes or PIL images), InternVL-style.
+
+        `history` is a list of `(question, answer)` turns; images attach to the first user
+        turn. Generation settings (`max_new_tokens`, `do_sample`, `temperature`, ...) pass to
+        `generate`; decoding stops at the template's separator. Returns the answer, or
+        `(answer, history)` with `return_history=True`.
+        """
+        if isinstance(images, (str, Path, bytes)) or hasattr(images, "size"):
+            images = [images]
+        messages = []
+        for q, a in history or []:
+            messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        messages.append({"role": "user", "content": question})
+        batch = processor(messages, list(images), max_visual_tokens=max_visual_tokens, **(tiling or {}))
+        settings = {"max_new_tokens": 256, "do_sample": False, **generation}
+        settings.setdefault("eos_token_id", processor.eos_token_id)
+        settings.setdefault("pad_token_id", processor.tokenizer.pad_token_id)
+        inputs = {k: v.to(self.device) for k, v in batch.items() if k != "image_tiles"}
+        out = self.generate(**inputs, streamer=streamer, **settings)
+        answer = processor.decode_response(out[0, batch["input_ids"].shape[1]:])
+        if return_history:
+            return answer, [*(history or []), (question, answer)]
+        return answer

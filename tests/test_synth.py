@@ -1,0 +1,405 @@
+"""Synthetic visual-QA generator: format, determinism, ground truth and argument checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from internvlx.errors import ConfigError, DataError
+from internvlx.synth import (
+    COLOURS,
+    IMAGE_QTYPES,
+    PLURALS,
+    QTYPES,
+    SHAPES,
+    WORDS,
+    Scene,
+    SynthOptions,
+    generate_sample,
+    generate_synthetic,
+    render_scene,
+    sample_kind,
+)
+
+N_LOW = 240
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def image_list(rec: dict) -> list[str]:
+    if "image" not in rec:
+        return []
+    return rec["image"] if isinstance(rec["image"], list) else [rec["image"]]
+
+
+@pytest.fixture(scope="module")
+def low_dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "low"
+    stats = generate_synthetic(out, N_LOW, seed=3, progress=False)
+    return out, stats
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+def test_same_seed_same_bytes_different_seed_different(tmp_path):
+    a = generate_synthetic(tmp_path / "a", 30, seed=0, progress=False)
+    generate_synthetic(tmp_path / "b", 30, seed=0, progress=False)
+    generate_synthetic(tmp_path / "c", 30, seed=1, progress=False)
+    ha, hb, hc = (file_hashes(tmp_path / k) for k in "abc")
+    assert ha == hb
+    assert ha["train.jsonl"] != hc["train.jsonl"]
+    images_a = {v for k, v in ha.items() if k.endswith(".png")}
+    images_c = {v for k, v in hc.items() if k.endswith(".png")}
+    assert not images_a & images_c
+    assert a["train"]["n"] == 27 and a["test"]["n"] == 3
+
+
+def test_samples_do_not_depend_on_n(tmp_path):
+    generate_synthetic(tmp_path / "small", 12, test_fraction=0, progress=False)
+    generate_synthetic(tmp_path / "large", 20, test_fraction=0, progress=False)
+    small = read_jsonl(tmp_path / "small" / "train.jsonl")
+    large = read_jsonl(tmp_path / "large" / "train.jsonl")
+    assert small == large[:12]
+    hs, hl = file_hashes(tmp_path / "small"), file_hashes(tmp_path / "large")
+    assert all(hl[k] == v for k, v in hs.items() if k.endswith(".png"))
+
+
+def test_png_has_no_time_chunk(low_dataset):
+    out, _ = low_dataset
+    data = next((out / "images" / "train").glob("*.png")).read_bytes()
+    assert data.startswith(b"\x89PNG") and b"tIME" not in data
+
+
+# --------------------------------------------------------------------------- format
+
+
+def test_records_are_valid_internvl_conversations(low_dataset):
+    out, _ = low_dataset
+    root = out.resolve()
+    seen_ids, kinds = set(), set()
+    for split in ("train", "test"):
+        for rec in read_jsonl(out / f"{split}.jsonl"):
+            assert rec["id"] not in seen_ids
+            seen_ids.add(rec["id"])
+            images = image_list(rec)
+            if len(images) > 1:
+                sizes = list(zip(rec["width_list"], rec["height_list"], strict=True))
+            else:
+                sizes = [(rec["width"], rec["height"]) for _ in images]
+            for rel, size in zip(images, sizes, strict=True):
+                assert not Path(rel).is_absolute() and rel.startswith(f"images/{split}/")
+                path = (out / rel).resolve()
+                assert path.is_relative_to(root) and path.is_file()
+                with Image.open(path) as im:
+                    assert im.size == tuple(size) and im.mode == "RGB"
+            conv = rec["conversations"]
+            assert len(conv) >= 2 and len(conv) % 2 == 0
+            assert [c["from"] for c in conv] == ["human", "gpt"] * (len(conv) // 2)
+            humans = [c["value"] for c in conv[::2]]
+            assert humans[0].count("<image>") == len(images)
+            assert all("<image>" not in h for h in humans[1:])
+            if len(images) == 2:
+                assert humans[0].startswith("Image-1: <image>\nImage-2: <image>\n")
+            elif len(images) == 1:
+                assert humans[0].startswith("<image>\n")
+            answers = [c["value"] for c in conv[1::2]]
+            assert all(a and a == a.strip() for a in answers)
+            assert rec["qtype"] in QTYPES and rec["answer"] == answers[0]
+            assert rec["turn_qtypes"][0] == rec["qtype"] and len(rec["turn_qtypes"]) == len(answers)
+            for q, a in zip(rec["turn_qtypes"], answers, strict=True):
+                if q != "caption":
+                    assert re.fullmatch(r"[a-z]+|\d+", a), a
+            kinds.add(
+                "multi_image"
+                if len(images) == 2
+                else "text_only"
+                if not images
+                else "multi_turn"
+                if len(answers) > 1
+                else "single"
+            )
+    assert kinds == {"multi_image", "text_only", "multi_turn", "single"}
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_meta_files(low_dataset):
+    out, stats = low_dataset
+    for split in ("train", "test"):
+        meta_path = out / f"meta_{split}.json"
+        meta = json.loads(meta_path.read_text())
+        assert list(meta) == [f"synth_{split}"]
+        entry = meta[f"synth_{split}"]
+        assert entry["repeat_time"] == 1 and entry["data_augment"] is False
+        # root and annotation resolve relative to the meta file's directory
+        ann = meta_path.parent / entry["annotation"]
+        records = read_jsonl(ann)
+        assert entry["length"] == len(records) == stats[split]["n"]
+        for rec in records[:20]:
+            for rel in image_list(rec):
+                assert (meta_path.parent / entry["root"] / rel).is_file()
+    assert stats["train"]["n"] + stats["test"]["n"] == N_LOW
+
+
+def test_stats_file_and_qtype_balance(low_dataset):
+    out, stats = low_dataset
+    on_disk = json.loads((out / "stats.json").read_text())
+    assert on_disk == {k: v for k, v in stats.items() if k not in ("out_dir", "elapsed_s")}
+    opts = SynthOptions()
+    for split in ("train", "test"):
+        n = stats[split]["n"]
+        counts = stats[split]["qtypes"]
+        assert sum(counts.values()) == n
+        expected = {q: n * (1 - 0.25) / len(IMAGE_QTYPES) for q in IMAGE_QTYPES}
+        expected["caption"] = n * opts.caption_fraction
+        expected["compare"] = n * opts.multi_image_fraction
+        for q, e in expected.items():
+            assert abs(counts[q] - e) <= 2 + 0.1 * e, (split, q, counts[q], e)
+        assert abs(counts["arith"] + counts["word"] - n * opts.text_only_fraction) <= 2
+    assert stats["train"]["kinds"]["multi_turn"] > 0
+
+
+def test_train_and_test_images_differ(low_dataset):
+    out, _ = low_dataset
+    h = file_hashes(out / "images")
+    train = {v for k, v in h.items() if k.startswith("train/")}
+    test = {v for k, v in h.items() if k.startswith("test/")}
+    assert train and test and not train & test
+
+
+# --------------------------------------------------------------------------- ground truth
+
+
+def check_turn(qa, scenes: tuple[Scene, ...]) -> None:
+    """Recompute the answer from the scene specification, independently of the generator."""
+    p = qa.params
+    if qa.qtype in ("arith", "word"):
+        assert not scenes
+        if qa.qtype == "arith":
+            a, b = p["a"], p["b"]
+            assert f"{a} {p['op']} {b}" in qa.question
+            want = {"+": a + b, "-": a - b, "times": a * b}[p["op"]]
+            assert qa.answer == str(want) and want >= 0
+        else:
+            assert p["word"] in qa.question
+            want = str(len(p["word"])) if p["ask"] == "length" else p["word"][0]
+            assert qa.answer == want
+        return
+    if qa.qtype == "compare":
+        assert len(scenes) == 2
+
+        def count(s):
+            return sum(o.shape == p["shape"] for o in s.objects) if p["shape"] else len(s.objects)
+
+        c1, c2 = (count(s) for s in scenes)
+        assert c1 != c2 and qa.answer == ("1" if c1 > c2 else "2")
+        return
+    (scene,) = scenes
+    objs = scene.objects
+    if qa.qtype == "colour":
+        matches = [o for o in objs if o.shape == p["shape"]]
+        assert len(matches) == 1 and matches[0].colour == qa.answer and p["shape"] in qa.question
+    elif qa.qtype == "shape":
+        matches = [o for o in objs if o.colour == p["colour"]]
+        assert len(matches) == 1 and matches[0].shape == qa.answer and p["colour"] in qa.question
+    elif qa.qtype == "count":
+        if p["mode"] == "shape":
+            n = sum(o.shape == p["target"] for o in objs)
+            assert PLURALS[p["target"]] in qa.question
+        elif p["mode"] == "colour":
+            n = sum(o.colour == p["target"] for o in objs)
+            assert p["target"] in qa.question
+        else:
+            n = len(objs)
+        assert qa.answer == str(n)
+    elif qa.qtype == "position":
+        a, b = objs[p["a"]], objs[p["b"]]
+        assert qa.question.index(f"{a.colour} {a.shape}") < qa.question.index(
+            f"{b.colour} {b.shape}"
+        )
+        ax0, ay0, ax1, ay1 = a.bbox
+        bx0, by0, bx1, by1 = b.bbox
+        clear = {"left": ax1 <= bx0, "right": ax0 >= bx1, "above": ay1 <= by0, "below": ay0 >= by1}
+        assert clear[qa.answer]
+        assert qa.answer in (("left", "right") if p["axis"] == "x" else ("above", "below"))
+    elif qa.qtype == "text":
+        assert scene.text is not None and qa.answer == scene.text.word and qa.answer in WORDS
+    elif qa.qtype == "caption":
+        assert qa.question == "Describe the image."
+        assert qa.answer.count(" a ") + qa.answer.startswith("a ") == len(objs)
+        for o in objs:
+            assert f"a {o.colour} {o.shape}" in qa.answer
+        if scene.text is not None:
+            assert qa.answer.endswith(f"the word {scene.text.word}")
+    else:  # pragma: no cover
+        raise AssertionError(qa.qtype)
+
+
+def check_pixels(scene: Scene, image: Image.Image) -> None:
+    assert image.size == (scene.width, scene.height)
+    arr = np.asarray(image)
+    boxes = [o.bbox for o in scene.objects] + ([scene.text.bbox] if scene.text else [])
+    for o in scene.objects:
+        x0, y0, x1, y1 = o.bbox
+        assert 0 <= x0 < x1 <= scene.width and 0 <= y0 < y1 <= scene.height
+        # the object is drawn in its exact colour (no antialiasing) at its centre
+        assert image.getpixel(o.centre) == COLOURS[o.colour], o
+        assert (arr[y0:y1, x0:x1] == COLOURS[o.colour]).all(axis=-1).sum() >= 0.2 * o.size**2
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
+    if scene.text is not None:
+        x0, y0, x1, y1 = scene.text.bbox
+        crop = arr[max(0, y0 - 2) : y1 + 2, max(0, x0 - 2) : x1 + 2]
+        assert (crop == COLOURS[scene.text.colour]).all(axis=-1).sum() > 0
+        assert scene.text.font_size >= 12
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_answers_match_scene_and_pixels(split):
+    opts = SynthOptions(seed=5)
+    seen = set()
+    for index in range(90):
+        sample = generate_sample(index, split, opts)
+        for qa in sample.turns:
+            check_turn(qa, sample.scenes)
+            seen.add(qa.qtype)
+        for scene, image in zip(sample.scenes, sample.render(), strict=True):
+            check_pixels(scene, image)
+        if sample.turns[0].qtype == "colour":
+            rgb = COLOURS[sample.turns[0].answer]
+            assert (np.asarray(sample.render()[0]) == rgb).all(axis=-1).any()
+    assert seen >= {*IMAGE_QTYPES, "caption", "compare"}
+
+
+def test_answer_distribution_is_not_degenerate():
+    opts = SynthOptions(seed=2)
+    answers: dict[str, set[str]] = {}
+    for index in range(400):
+        qa = generate_sample(index, "train", opts).turns[0]
+        answers.setdefault(qa.qtype, set()).add(qa.answer)
+    assert answers["colour"] == set(COLOURS)
+    assert answers["shape"] == set(SHAPES)
+    assert answers["count"] >= {str(k) for k in range(1, 7)}
+    assert answers["position"] == {"left", "right", "above", "below"}
+    assert answers["compare"] == {"1", "2"}
+    assert len(answers["text"]) >= 30
+
+
+def test_sample_kind_follows_fractions():
+    opts = SynthOptions(caption_fraction=1.0, text_only_fraction=0, multi_image_fraction=0)
+    assert {sample_kind(i, "train", opts) for i in range(50)} == {"caption"}
+    opts = SynthOptions(caption_fraction=0, text_only_fraction=0, multi_image_fraction=0)
+    assert {sample_kind(i, "test", opts) for i in range(50)} == set(IMAGE_QTYPES)
+
+
+def test_render_is_a_pure_function_of_the_scene():
+    scene = generate_sample(3, "train", SynthOptions(seed=9)).scenes[0]
+    assert render_scene(scene).tobytes() == render_scene(scene).tobytes()
+
+
+# --------------------------------------------------------------------------- high resolution
+
+
+def test_high_resolution_has_large_images_and_small_objects(tmp_path):
+    opts = SynthOptions(resolution="high", seed=1)
+    for index in range(40):
+        for scene in generate_sample(index, "train", opts).scenes:
+            assert max(scene.width, scene.height) > 896 and min(scene.width, scene.height) >= 900
+            for o in scene.objects:
+                assert o.size <= 60 and o.size <= 0.07 * max(scene.width, scene.height)
+            if scene.text is not None:
+                assert scene.text.font_size <= 28 and scene.text.height <= 40
+    stats = generate_synthetic(
+        tmp_path / "hi", 4, resolution="high", test_fraction=0, progress=False
+    )
+    assert stats["resolution"] == "high"
+    for rec in read_jsonl(tmp_path / "hi" / "train.jsonl"):
+        for rel in image_list(rec):
+            with Image.open(tmp_path / "hi" / rel) as im:
+                assert max(im.size) > 896
+
+
+def test_low_resolution_sizes():
+    opts = SynthOptions(resolution="low", seed=1)
+    for index in range(40):
+        for scene in generate_sample(index, "train", opts).scenes:
+            assert 224 <= scene.width <= 448 and 224 <= scene.height <= 448
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"n": 0},
+        {"n": -3},
+        {"n": 2.5},
+        {"n": True},
+        {"n": 5, "resolution": "medium"},
+        {"n": 5, "seed": -1},
+        {"n": 5, "test_fraction": 1.0},
+        {"n": 5, "caption_fraction": 0.9, "text_only_fraction": 0.2},
+        {"n": 5, "multi_turn_fraction": 1.5},
+    ],
+)
+def test_bad_arguments_raise_config_error(tmp_path, kwargs):
+    with pytest.raises(ConfigError):
+        generate_synthetic(tmp_path / "out", progress=False, **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_generate_sample_rejects_bad_split_and_index():
+    with pytest.raises(ConfigError, match="split"):
+        generate_sample(0, "val")
+    with pytest.raises(ConfigError, match="index"):
+        generate_sample(-1)
+
+
+def test_non_empty_directory_needs_overwrite(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(DataError, match="not empty"):
+        generate_synthetic(out, 5, progress=False)
+    generate_synthetic(out, 20, progress=False, overwrite=True)
+    generate_synthetic(out, 10, progress=False, overwrite=True)
+    assert (out / "notes.txt").read_text() == "keep me"
+    referenced = {
+        rel for split in ("train", "test") for rec in read_jsonl(out / f"{split}.jsonl")
+        for rel in image_list(rec)
+    }  # fmt: skip
+    on_disk = {p.relative_to(out).as_posix() for p in (out / "images").rglob("*.png")}
+    assert referenced == on_disk  # stale images of the larger run are gone
+
+
+def test_output_path_that_is_a_file(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("x")
+    with pytest.raises(DataError, match="not a directory"):
+        generate_synthetic(path, 5, progress=False)
+
+
+def test_single_sample_goes_to_train(tmp_path):
+    stats = generate_synthetic(tmp_path / "one", 1, progress=False)
+    assert stats["train"]["n"] == 1 and stats["test"]["n"] == 0
+    assert (tmp_path / "one" / "test.jsonl").read_text() == ""
+    meta = json.loads((tmp_path / "one" / "meta_test.json").read_text())
+    assert meta["synth_test"]["length"] == 0
