@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import shared_path
+from tests.conftest import shared_path
 from PIL import Image
 from safetensors.torch import load_file
 

@@ -147,7 +147,42 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_data_synth)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_convert, _add_chat, _add_data]
+def _train(args: argparse.Namespace) -> int:
+    from .train import RunConfig, train
+
+    cfg = RunConfig.from_yaml(args.config, args.set)
+    summary = train(cfg, resume=args.resume)
+    print(f"done: {summary['final_dir']} (steps {summary.get('steps')}, loss {summary.get('train_loss')})")
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train or fine-tune from a YAML run description")
+    p.add_argument("config", help="YAML file (see docs/training.md)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set train.max_steps=20 (repeatable)")
+    p.set_defaults(func=_train)
+
+
+def _merge_lora(args: argparse.Namespace) -> int:
+    from .train import merge_lora
+
+    print(f"wrote {merge_lora(args.adapter, args.out, args.base)}")
+    return 0
+
+
+def _add_merge_lora(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("merge-lora", help="fold a LoRA adapter into its base model (plain model directory)")
+    p.add_argument("adapter", help="directory with adapter_config.json (a training run's final/)")
+    p.add_argument("out", help="output model directory")
+    p.add_argument("--base", default=None, help="base model directory (default: the adapter's record)")
+    p.set_defaults(func=_merge_lora)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_convert, _add_chat, _add_data, _add_train, _add_merge_lora,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

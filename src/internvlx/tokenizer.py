@@ -38,6 +38,7 @@ __all__ = [
     "INTERNVL_SPECIAL_TOKENS",
     "convert_internlm2_tokenizer",
     "load_internlm2_tokenizer_dir",
+    "train_bpe_tokenizer",
 ]
 
 INTERNVL_SPECIAL_TOKENS: tuple[str, ...] = (
@@ -399,3 +400,39 @@ def load_internlm2_tokenizer_dir(
         padding_side=config.get("padding_side"),
         **names,
     )
+
+
+CHAT_TOKENS: tuple[str, ...] = ("<|im_start|>", "<|im_end|>", "<|end|>")
+
+
+def train_bpe_tokenizer(
+    texts: Sequence[str],
+    vocab_size: int = 1024,
+    *,
+    chat_template: str | None = None,
+    min_frequency: int = 2,
+) -> PreTrainedTokenizerFast:
+    """Train a small byte-level BPE tokenizer for models trained from scratch (the demo model,
+    the miniature experiments): `<unk>`=0, `<s>`=1, `</s>`=2, the chat tokens and InternVL's 9
+    special tokens, BOS added in front of every text (as InternLM2 does), `</s>` as padding.
+    Byte-level, so any text (also the Chinese default system prompt) encodes losslessly."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    specials = ["<unk>", "<s>", "</s>", *CHAT_TOKENS, *INTERNVL_SPECIAL_TOKENS]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>",
+        additional_special_tokens=list(specials[3:]), chat_template=chat_template,
+    )
+    if fast.convert_tokens_to_ids("<s>") != 1 or fast.convert_tokens_to_ids("</s>") != 2:
+        raise CheckpointError("unexpected special-token ids in the trained tokenizer")
+    return fast
