@@ -185,6 +185,61 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from .evaluation import evaluate, load_for_eval
+
+    torch.set_grad_enabled(False)
+    model, processor = load_for_eval(args.model, dtype=args.dtype, device=args.device,
+                                     lvtc=None if args.lvtc is None else args.lvtc == "on")
+    out = args.out or str(Path("eval_results") / f"{Path(args.model).resolve().name}-{args.task}")
+    summary = evaluate(
+        model, processor, args.task, args.data, limit=args.limit, batch_size=args.batch_size, out_dir=out,
+        image_root=args.image_root, annotations=args.annotations, policy=args.policy, max_tiles=args.max_tiles,
+        max_visual_tokens=args.max_visual_tokens, max_new_tokens=args.max_new_tokens, variant=args.variant,
+        overwrite=args.overwrite, progress=not args.no_progress,
+    )
+    score, vt = summary["score"], summary["visual_tokens"]
+    print(f"{summary['task']}: {summary['metric']} = {'n/a' if score is None else f'{score:.4f}'} over "
+          f"{summary['count']} samples ({summary['unscored']} unscored); visual tokens at the LLM input "
+          f"{vt['llm_input_mean']:.1f}/sample, mean per layer {vt['mean_per_layer']:.1f}; "
+          f"{summary['seconds_per_sample']:.3f} s/sample; wrote {out}")
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from .evaluation import TASKS
+
+    p = sub.add_parser("eval", help="run a benchmark: per-sample predictions (resumable) + summary JSON")
+    p.add_argument("model", help="model directory (weights, tokenizer, processor_config.json)")
+    p.add_argument("--task", required=True, choices=sorted(TASKS), help="benchmark from the task registry")
+    p.add_argument("--data", required=True,
+                   help="InternVL eval JSONL, VLMEvalKit TSV, meta JSON, or a folder (questions.jsonl / test.jsonl)")
+    p.add_argument("--image-root", default=None, help="folder image paths are relative to (default: the data file's)")
+    p.add_argument("--annotations", default=None, help="VQA-format annotation JSON holding the human answers")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--out", default=None, help="output folder (default: eval_results/MODEL-TASK)")
+    p.add_argument("--overwrite", action="store_true", help="discard earlier predictions in --out instead of resuming")
+    p.add_argument("--policy", choices=["stock", "length", "area"], default=None, help="tiling policy (RVTC: length/area)")
+    p.add_argument("--max-tiles", type=int, default=None)
+    p.add_argument("--max-visual-tokens", type=int, default=None, help="visual-token budget per sample")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="override the task's answer length")
+    p.add_argument("--lvtc", choices=["on", "off"], default=None, help="switch LVTC on/off (model.configure_lvtc)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda when available)")
+    p.add_argument("--variant", choices=["internvl", "standard"], default="internvl",
+                   help="metric variant (see internvlx.metrics)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_eval)
+
+
+COMMANDS.append(_add_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="internvlx", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
