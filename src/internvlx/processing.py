@@ -25,6 +25,7 @@ from .images import DEFAULT_MAX_PIXELS, ImageSource, preprocess_image
 from .templates import (
     IMAGE_PLACEHOLDER,
     IMG_CONTEXT_TOKEN,
+    assistant_spans,
     encode_prompt,
     expand_image_placeholders,
     get_template,
@@ -32,6 +33,7 @@ from .templates import (
 from .tiling import TilePlan
 
 PROCESSOR_CONFIG = "processor_config.json"
+IGNORE_INDEX = -100  # label of a token the loss ignores (PyTorch's cross-entropy default)
 _HUB_KWARGS = ("_from_auto", "revision", "trust_remote_code", "cache_dir", "token", "local_files_only",
                "force_download", "subfolder", "use_fast")
 Message = Mapping[str, Any]
@@ -83,10 +85,12 @@ class ProcessedImage:
 
 @dataclass
 class Sample:
-    """One encoded conversation (before batching)."""
+    """One encoded conversation (before batching). `labels` (from `encode_conversation`): the
+    token id where the model is trained to predict it, `IGNORE_INDEX` (-100) elsewhere."""
 
     input_ids: list[int]
     images: list[ProcessedImage] = field(default_factory=list)
+    labels: list[int] | None = None
 
 
 class InternVLXProcessor:
@@ -176,6 +180,61 @@ class InternVLXProcessor:
         )
         ids = self._prefix + encode_prompt(self.tokenizer, expanded, spans)
         return Sample(ids, processed)
+
+    def encode_conversation(
+        self,
+        messages: Sequence[Message],
+        images: Sequence[ImageSource | ProcessedImage] = (),
+        *,
+        max_visual_tokens: int | None = None,
+        **tiling: Any,
+    ) -> Sample:
+        """Encode a complete conversation for training: `input_ids` and `labels`.
+
+        The conversation (optionally led by a system message) must contain at least one
+        assistant message. Labels hold the token ids of every assistant message's text and of
+        the template separator written after it (e.g. `<|im_end|>`), which is what the model
+        must generate after the prompt `encode` builds for that turn; every other token (BOS,
+        system, user turns, role prefixes, image blocks) is `IGNORE_INDEX`. Placeholders,
+        image expansion and literal-token safety are those of `encode`; `images` may also be
+        already processed (`ProcessedImage`), which are used as they are.
+
+        Tokens are found from the tokenizer's character offsets over the whole prompt: a token is
+        labelled when its characters overlap an assistant span (a token merged across the start
+        of an answer, which the ChatML role line's newline normally prevents, is labelled too);
+        tokens inside an image block never are.
+        """
+        msgs = _with_placeholders([dict(m) for m in messages], len(images))
+        if not any(m.get("role") == "assistant" for m in msgs):
+            raise PromptError("a training conversation needs at least one assistant message")
+        share = None if max_visual_tokens is None else max_visual_tokens // max(len(images), 1)
+        processed = [
+            img if isinstance(img, ProcessedImage) else self.process_image(img, max_visual_tokens=share, **tiling)
+            for img in images
+        ]
+        system = None if msgs and msgs[0].get("role") == "system" else self.settings.system_message
+        prompt, answers = assistant_spans(self.settings.template, msgs, system)
+        expanded, blocks = expand_image_placeholders(
+            prompt, [p.plan.num_tiles for p in processed], self.settings.input_tokens_per_tile
+        )
+        # where each character position of `prompt` lands in `expanded`
+        growth, at = [], 0
+        for a, b in blocks:
+            at = prompt.index(IMAGE_PLACEHOLDER, at)
+            growth.append((at + len(IMAGE_PLACEHOLDER), (b - a) - len(IMAGE_PLACEHOLDER)))
+            at += len(IMAGE_PLACEHOLDER)
+
+        def moved(x: int) -> int:
+            return x + sum(delta for end, delta in growth if end <= x)
+
+        answers = [(moved(a), moved(b)) for a, b in answers]
+        ids, offsets = encode_prompt(self.tokenizer, expanded, blocks, return_offsets=True)
+        labels = []
+        for token_id, (start, end) in zip(ids, offsets, strict=True):
+            in_image = any(a <= start and end <= b for a, b in blocks)
+            in_answer = any((start < b and end > a) or (start == end and a <= start < b) for a, b in answers)
+            labels.append(token_id if in_answer and not in_image else IGNORE_INDEX)
+        return Sample(self._prefix + ids, processed, [IGNORE_INDEX] * len(self._prefix) + labels)
 
     def collate(self, samples: Sequence[Sample], padding_side: str = "left") -> BatchFeature:
         """Pad (left by default, as generation needs) and stack a batch of samples."""

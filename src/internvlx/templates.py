@@ -53,6 +53,7 @@ __all__ = [
     "ChatQuery",
     "ChatTemplate",
     "TEMPLATES",
+    "assistant_spans",
     "available_templates",
     "build_chat_query",
     "encode_prompt",
@@ -461,7 +462,8 @@ def encode_prompt(
     *,
     start_token: str = IMG_START_TOKEN,
     end_token: str = IMG_END_TOKEN,
-) -> list[int]:
+    return_offsets: bool = False,
+) -> list[int] | tuple[list[int], list[tuple[int, int]]]:
     """Token ids of an expanded prompt where only the inserted image blocks hold image tokens.
 
     The whole string is tokenized normally (fast tokenizer, with offsets, no BOS/EOS). Any
@@ -472,6 +474,10 @@ def encode_prompt(
     are unchanged. Raises :class:`PromptError` when the number of ``image_token`` ids differs
     from the number of ``image_token`` strings inside the spans (e.g. a tokenizer without that
     token).
+
+    ``return_offsets=True`` returns ``(ids, offsets)``: the ``(start, end)`` character span of
+    each id in ``expanded_prompt`` (every id that replaced a typed image token gets the span of
+    that typed token).
     """
     if not getattr(tokenizer, "is_fast", False):
         raise PromptError("encode_prompt needs a fast tokenizer (it uses offset mappings)")
@@ -485,16 +491,20 @@ def encode_prompt(
     guarded = {added[t] for t in (image_token, start_token, end_token) if t in added}
     encoding = tokenizer(expanded_prompt, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = []
+    offsets: list[tuple[int, int]] = []
     for token_id, (start, end) in zip(
         encoding["input_ids"], encoding["offset_mapping"], strict=True
     ):
         if token_id in guarded and not any(a <= start and end <= b for a, b in spans):
             literal = expanded_prompt[start:end]
-            ids.extend(
-                tokenizer(literal, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-            )
+            pieces = tokenizer(literal, add_special_tokens=False, split_special_tokens=True)[
+                "input_ids"
+            ]
+            ids.extend(pieces)
+            offsets.extend([(start, end)] * len(pieces))
         else:
             ids.append(token_id)
+            offsets.append((start, end))
     expected = sum(expanded_prompt[a:b].count(image_token) for a, b in spans)
     image_id = added.get(image_token)
     got = 0 if image_id is None else sum(1 for i in ids if i == image_id)
@@ -503,4 +513,47 @@ def encode_prompt(
             f"The image spans hold {expected} {image_token!r} but the encoded prompt has {got};"
             f" the tokenizer must have {image_token!r} as an added token"
         )
-    return ids
+    return (ids, offsets) if return_offsets else ids
+
+
+def assistant_spans(
+    template: str | ChatTemplate,
+    messages: Sequence[Mapping[str, Any]],
+    system_message: str | None = None,
+) -> tuple[str, list[tuple[int, int]]]:
+    """Render a complete conversation and locate, in the result, what the model must say.
+
+    Returns ``(prompt, spans)``: ``prompt`` is :func:`render_prompt` of ``messages``; span *k*
+    is the ``(start, end)`` character range of the *k*-th assistant message, i.e. its text
+    **and** the separator the template writes after it (``<|im_end|>`` for ChatML templates,
+    ``<|im_end|>\n`` for ``internvl2_5``, ``</s>`` for ``internvl_zh``): exactly the text a
+    model has to generate after the prompt of the earlier turns plus the generation prompt.
+
+    The spans are found by rendering prefixes (the messages before the turn with a bare
+    assistant role, then the messages up to and including it) and checking that each
+    rendering is a prefix of the next, so the result holds for any template whose rendering
+    grows message by message (every one in :data:`TEMPLATES` does). Raises
+    :class:`PromptError` for an assistant message without text (it would render as a bare
+    role) or a template that is not prefix-stable for these messages.
+    """
+    full = render_prompt(template, messages, system_message)
+    spans: list[tuple[int, int]] = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping) or message.get("role") != "assistant":
+            continue
+        if not message.get("content"):
+            raise PromptError(
+                f"Assistant message {i} has no text; every assistant turn to train on needs some"
+            )
+        head = render_prompt(
+            template, [*messages[:i], {"role": "assistant", "content": None}], system_message
+        )
+        upto = render_prompt(template, messages[: i + 1], system_message)
+        if not (upto.startswith(head) and full.startswith(upto)):
+            name = get_template(template).name
+            raise PromptError(
+                f"Template {name!r} does not render message {i} as a continuation of the earlier"
+                " ones, so the assistant's text cannot be located"
+            )
+        spans.append((len(head), len(upto)))
+    return full, spans

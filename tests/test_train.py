@@ -1,0 +1,159 @@
+"""Training: stages, scratch + LVTC, resume, LoRA + merge, per-module learning rates, DDP."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from internvlx import ConfigError, InternVLXForConditionalGeneration
+from internvlx.synth import generate_synthetic
+from internvlx.train import (
+    RunConfig,
+    build_optimizer,
+    latest_complete_checkpoint,
+    merge_lora,
+    set_trainable,
+    train,
+)
+from tests.helpers import build_chat_model_dir
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    generate_synthetic(root, 40, progress=False, seed=3)
+    return root / "meta_train.json"
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    return build_chat_model_dir(tmp_path_factory.mktemp("base"), seed=5)
+
+
+def run_cfg(tmp_path, meta, **over):
+    raw = {
+        "output_dir": str(tmp_path / "run"),
+        "model": {"init": "preset:tiny", "tokenizer": "bpe:400", "system_message": ""},
+        "data": {"meta": str(meta), "max_seq_length": 512},
+        "stage": "scratch",
+        "optim": {"lr": 1e-3},
+        "train": {"max_steps": 4, "batch_size": 2, "logging_steps": 1, "save_steps": 100,
+                  "report_to": [], "disable_tqdm": True},
+    }
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key].update(value)
+        else:
+            raw[key] = value
+    return RunConfig.from_dict(raw)
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_stage1_trains_only_the_projector(tmp_path, synth, base_dir):
+    before = _state(InternVLXForConditionalGeneration.from_pretrained(base_dir))
+    cfg = run_cfg(tmp_path, synth, model={"init": str(base_dir)}, stage="1")
+    summary = train(cfg)
+    after = _state(InternVLXForConditionalGeneration.from_pretrained(summary["final_dir"]))
+    changed = {k.split(".")[0] for k in before if not before[k].equal(after[k])}
+    assert changed == {"projector"}
+    logs = [h for h in summary["log_history"] if "loss" in h]
+    assert logs and all("samples_per_s" in h and "visual_tokens_per_s" in h for h in logs)
+    assert summary["trainable_parameters"]["llm"] == 0 and summary["trainable_parameters"]["projector"] > 0
+    assert (Path(summary["final_dir"]) / "processor_config.json").exists()
+
+
+def test_scratch_with_lvtc_and_checkpointing_learns(tmp_path, synth):
+    cfg = run_cfg(tmp_path, synth, model={"config_overrides": {"lvtc": {"enabled": True}}},
+                  train={"max_steps": 12, "gradient_checkpointing": True, "batch_size": 4})
+    summary = train(cfg)
+    losses = [h["loss"] for h in summary["log_history"] if "loss" in h]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
+    model = InternVLXForConditionalGeneration.from_pretrained(summary["final_dir"])
+    assert model.config.lvtc.enabled and model.lvtc.gate.abs().sum() > 0  # the gate moved
+
+
+def test_resume_continues_from_the_last_complete_checkpoint(tmp_path, synth):
+    cfg = run_cfg(tmp_path, synth, train={"max_steps": 4, "save_steps": 2})
+    train(cfg)
+    out = Path(cfg.output_dir)
+    assert latest_complete_checkpoint(out).name == "checkpoint-4"
+    # a checkpoint folder without the completion marker (a crash while saving) is ignored
+    (out / "checkpoint-9").mkdir()
+    assert latest_complete_checkpoint(out).name == "checkpoint-4"
+    more = run_cfg(tmp_path, synth, train={"max_steps": 6, "save_steps": 2})
+    summary = train(more, resume=True)
+    assert summary["steps"] == 6
+    steps = [h["step"] for h in summary["log_history"] if "loss" in h]
+    assert steps[0] <= 4 and steps[-1] == 6  # history carried over from the checkpoint
+    assert (out / "checkpoint-9").exists()  # nothing was deleted
+
+
+def test_lora_adapter_and_merge(tmp_path, synth, base_dir):
+    cfg = run_cfg(tmp_path, synth, model={"init": str(base_dir)}, stage="2",
+                  lora={"llm": {"r": 4, "alpha": 8, "dropout": 0.0}}, optim={"lr": 5e-3})
+    summary = train(cfg)
+    final = Path(summary["final_dir"])
+    assert (final / "adapter_config.json").exists() and (final / "adapter_model.safetensors").exists()
+    merged = merge_lora(final, tmp_path / "merged", base_dir)
+    plain = InternVLXForConditionalGeneration.from_pretrained(merged).eval()
+    base = InternVLXForConditionalGeneration.from_pretrained(base_dir).eval()
+    from peft import PeftModel
+
+    peft_model = PeftModel.from_pretrained(InternVLXForConditionalGeneration.from_pretrained(base_dir), str(final)).eval()
+    ids = torch.tensor([[1, 5, 6, 7, 8]])
+    with torch.no_grad():
+        merged_logits = plain(input_ids=ids).logits
+        torch.testing.assert_close(merged_logits, peft_model(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+        assert not merged_logits.equal(base(input_ids=ids).logits)
+    assert not any("lora" in k for k in plain.state_dict())
+
+
+def test_per_module_learning_rates(base_dir):
+    model = InternVLXForConditionalGeneration.from_pretrained(base_dir)
+    set_trainable(model, ("projector", "llm"))
+    opt, _ = build_optimizer(model, {"lr": 1e-4, "lr_projector": 1e-3}, 10)
+    lrs = {g["name"]: g["initial_lr"] for g in opt.param_groups}  # "lr" is 0 at warm-up start
+    assert lrs == {"projector": 1e-3, "llm": 1e-4}
+
+
+def test_config_errors(tmp_path, synth):
+    with pytest.raises(ConfigError, match="stage"):
+        run_cfg(tmp_path, synth, stage="3")
+    with pytest.raises(ConfigError, match="unknown trainable"):
+        run_cfg(tmp_path, synth, trainable=["decoder"])
+    with pytest.raises(ConfigError, match="LoRA adapts an existing model"):
+        train(run_cfg(tmp_path, synth, lora={"llm": {"r": 2}}))
+    with pytest.raises(ConfigError, match="unknown top-level"):
+        RunConfig.from_dict({"output_dir": "x", "model": {}, "data": {}, "epochz": 1})
+
+
+def test_cli_train_with_overrides(tmp_path, synth):
+    from internvlx.cli import main
+
+    cfg = run_cfg(tmp_path, synth).__dict__
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp_path / "run.yaml"), "--set", "train.max_steps=2"]) == 0
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["steps"] == 2
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo on Linux")
+def test_torchrun_ddp_two_processes(tmp_path, synth):
+    cfg = run_cfg(tmp_path, synth, train={"max_steps": 2, "ddp_backend": "gloo"}).__dict__
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+         "-m", "internvlx.cli", "train", str(tmp_path / "run.yaml")],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["steps"] == 2
