@@ -323,6 +323,29 @@ PRESETS: dict[str, dict[str, Any]] = {
         "image_token_id": 153,
         "template": "internlm2-chat",
     },
+    # The shipped demo model (trained from scratch on the synthetic data, ~7.5M parameters).
+    "demo": {
+        "vision_config": {
+            "hidden_size": 128,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "intermediate_size": 512,
+            "image_size": 112,
+            "patch_size": 14,
+            "attention_bias": True,
+            "layer_norm_eps": 1e-6,
+        },
+        "text_config": {
+            **_internlm2(256, 512, 8, 4, 2),
+            "vocab_size": 1024,
+            "max_position_embeddings": 4096,
+        },
+        "projector": {"type": "pvtc", "downsample_ratio": 0.5, "num_heads": 8, "mlp_ratio": 2},
+        "tiling": {"max_tiles": 4, "policy": "length"},
+        "lvtc": {"enabled": True},
+        "image_token_id": 13,
+        "template": "internlm2-chat",
+    },
     "internvl2-2b": {
         "vision_config": _INTERNVIT_300M,
         "text_config": _LLM_1_8B,
