@@ -23,6 +23,8 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from internvlx.tokenizer import INTERNVL_SPECIAL_TOKENS
+
 INTERNLM2_PLACEHOLDERS = [f"[UNUSED_TOKEN_{i}]" for i in range(141, 147)]
 # In InternLM2 these sit on ids 92538..92543, in this order (<|im_end|>=92542, <|im_start|>=92543).
 INTERNLM2_CHAT_TOKENS = [
@@ -33,17 +35,7 @@ INTERNLM2_CHAT_TOKENS = [
     "<|im_end|>",
     "<|im_start|>",
 ]
-INTERNVL_TOKENS = [
-    "<img>",
-    "</img>",
-    "<IMG_CONTEXT>",
-    "<quad>",
-    "</quad>",
-    "<ref>",
-    "</ref>",
-    "<box>",
-    "</box>",
-]
+INTERNVL_TOKENS = list(INTERNVL_SPECIAL_TOKENS)
 
 _WORDS = (
     "the a of image cat dog describe what is in this picture please answer question user assistant"

@@ -129,7 +129,7 @@ def test_repeat_time_whole_and_fractional(synth, processor):
          r"data\.jsonl:3: .*2 <image> placeholder\(s\) but the record has 1 image"),
         (json.dumps({"conversations": conv("<image> what?", "a")}), r"data\.jsonl:3: .*1 <image>.*0 image"),
         (json.dumps({"image": 5, "conversations": conv("q", "a")}), r"data\.jsonl:3: 'image' must be"),
-        ("[1, 2]", r"data\.jsonl:3: a record must be a JSON object"),
+        ("[1, 2]", r"data\.jsonl:3: expected a JSON object"),
     ],
     ids=["json", "no-conversations", "starts-gpt", "ends-human", "unknown-from", "empty", "extra-placeholder",
          "text-placeholder", "image-type", "not-object"],

@@ -265,7 +265,7 @@ def test_malformed_rows_name_file_and_line(tmp_path):
     (tmp_path / "a.png").write_bytes(_png(10, 10))
     good = {"question_id": 1, "image": "a.png", "question": "q", "answer": "x"}
     cases = [
-        ([good, "{not json"], r"bad\.jsonl:2: not valid JSON"),
+        ([good, "{not json"], r"bad\.jsonl:2: invalid JSON"),
         ([good, "", "[1, 2]"], r"bad\.jsonl:3: expected a JSON object"),
         ([{"question_id": 1, "image": "a.png"}], r"bad\.jsonl:1: no question field"),
         ([{"question_id": 1, "image": "missing.png", "question": "q"}], r"bad\.jsonl:1: image 'missing.png' does not exist"),

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.conftest import shared_path
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -25,6 +24,7 @@ from internvlx.images import (
     to_rgb,
 )
 from internvlx.tiling import TilePlan
+from tests.conftest import shared_path
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "tiling"
 

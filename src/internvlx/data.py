@@ -70,6 +70,7 @@ import torch
 from PIL import Image
 
 from .errors import ConfigError, DataError, ImageError
+from .jsonl import iter_jsonl
 from .processing import IGNORE_INDEX, InternVLXProcessor, ProcessorSettings
 from .templates import IMAGE_PLACEHOLDER, IMG_END_TOKEN, IMG_START_TOKEN, render_prompt
 from .tiling import plan_tiles
@@ -280,25 +281,7 @@ def read_annotation(path: str | os.PathLike, entry: int = 0) -> list[Record]:
     """Read and validate a JSONL annotation file; blank lines are skipped. Raises
     :class:`DataError` naming ``file:line`` for the first malformed line."""
     path = Path(path)
-    records = []
-    try:
-        with open(path, "rb") as f:
-            for lineno, raw in enumerate(f, start=1):
-                where = f"{path}:{lineno}"
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise DataError(f"{where}: the line is not valid UTF-8 ({e.reason})") from e
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from e
-                records.append(parse_record(obj, where, entry))
-    except OSError as e:
-        raise DataError(f"annotation file {path} cannot be read: {e}") from e
-    return records
+    return [parse_record(obj, f"{path}:{lineno}", entry) for lineno, obj in iter_jsonl(path)]
 
 
 def _repeat(n: int, repeat_time: float, seed: int, name: str) -> list[int]:

@@ -50,12 +50,13 @@ import sys
 import tempfile
 import time
 import unicodedata
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, DataError, ImageError, PromptError
+from .jsonl import iter_jsonl
 from .metrics import MetricInputError
 
 __all__ = [
@@ -147,24 +148,6 @@ def _existing_image(root: Path, relative: Any, where: str) -> Path:
     if not path.is_file():
         raise DataError(f"{where}: image {relative!r} does not exist (looked for {path})")
     return path
-
-
-def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    try:
-        handle = path.open(encoding="utf-8")
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e}") from e
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            yield number, row
 
 
 def _text(value: Any, what: str, where: str) -> str:
@@ -306,7 +289,7 @@ def read_internvl_jsonl(path: str | os.PathLike, *, image_root: str | os.PathLik
     ``image_root`` (default: the JSONL's folder)."""
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent
-    samples = [_row_to_sample(row, root, _where(path, n), n) for n, row in _iter_jsonl(path)]
+    samples = [_row_to_sample(row, root, _where(path, n), n) for n, row in iter_jsonl(path)]
     _check_unique(samples)
     return samples
 
