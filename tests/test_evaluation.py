@@ -92,7 +92,8 @@ def _tsv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
 # -------------------------------------------------------------------------- task registry
 def test_task_registry_contents():
     expected = {"synth": "synth_exact", "vqav2": "vqa_accuracy", "textvqa": "vqa_accuracy", "docvqa": "anls",
-                "chartqa": "relaxed_accuracy", "pope": "pope", "mmbench": "multiple_choice", "mme": "mme"}
+                "chartqa": "relaxed_accuracy", "pope": "pope", "mmbench": "multiple_choice", "mme": "mme",
+                "gqa": "exact_match", "ai2d": "multiple_choice", "scienceqa": "multiple_choice"}
     for name, metric in expected.items():
         assert TASKS[name].metric == metric and TASKS[name].max_new_tokens > 0
     assert TASKS["textvqa"].prompt_suffix == "Answer the question using a single word or phrase."
@@ -299,6 +300,18 @@ def test_malformed_rows_name_file_and_line(tmp_path):
 
 
 # -------------------------------------------------------------------------------- runner
+def test_undecodable_image_is_reported_with_its_row(loaded, tmp_path):
+    model, proc = loaded
+    (tmp_path / "good.png").write_bytes(_png(30, 30))
+    (tmp_path / "bad.png").write_bytes(_png(30, 30)[:40])  # a truncated PNG
+    _jsonl(tmp_path / "questions.jsonl", [{"id": "a", "image": "good.png", "question": "Q?", "answer": "x"},
+                                          {"id": "b", "image": "bad.png", "question": "Q?", "answer": "y"}])
+    with pytest.raises(DataError, match=r"questions\.jsonl:2.*bad\.png"):
+        evaluate(model, proc, "synth", tmp_path, batch_size=1, out_dir=tmp_path / "out", max_new_tokens=2,
+                 progress=False)
+    assert [r["id"] for r in read_predictions(tmp_path / "out" / ev.PREDICTIONS_FILE)] == ["a"]  # kept
+
+
 def test_cli_eval_synthetic_end_to_end(model_dir, synth_dir, reference, tmp_path, capsys):
     out = tmp_path / "out"
     assert cli(["eval", str(model_dir), "--task", "synth", "--data", str(synth_dir), "--out", str(out),
@@ -333,10 +346,12 @@ def test_cli_eval_synthetic_end_to_end(model_dir, synth_dir, reference, tmp_path
     assert [(r["id"], r["prediction"]) for r in rows] == [(i, p) for i, p, *_ in reference[1]]
 
 
-def test_predictions_do_not_depend_on_batch_size(loaded, synth_dir, reference, tmp_path):
+@pytest.mark.parametrize("batch_size", [3, 4])
+def test_predictions_do_not_depend_on_batch_size(loaded, synth_dir, reference, tmp_path, batch_size):
     model, proc = loaded
-    evaluate(model, proc, "synth", synth_dir, batch_size=3, out_dir=tmp_path, max_new_tokens=4, progress=False)
-    assert _preds(tmp_path) == reference[1]
+    evaluate(model, proc, "synth", synth_dir, batch_size=batch_size, out_dir=tmp_path, max_new_tokens=4,
+             progress=False)
+    assert _preds(tmp_path) == reference[1]  # the reference ran with batch size 1
     assert len(reference[1]) == 8
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from transformers import TrainerCallback
 
 from internvlx import ConfigError, InternVLXForConditionalGeneration
 from internvlx.synth import generate_synthetic
@@ -157,3 +158,63 @@ def test_torchrun_ddp_two_processes(tmp_path, synth):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
     assert summary["steps"] == 2
+
+
+def test_internvl2_checkpoint_gets_a_new_pvtc_projector(tmp_path, synth, tmp_path_factory):
+    base = build_chat_model_dir(tmp_path_factory.mktemp("internvl2"), seed=6, projector={"type": "mlp"})
+    before = InternVLXForConditionalGeneration.from_pretrained(base)
+    cfg = run_cfg(tmp_path, synth, model={"init": str(base), "config_overrides": {"projector": {"type": "pvtc"}}},
+                  stage="1", train={"max_steps": 2})
+    after = InternVLXForConditionalGeneration.from_pretrained(train(cfg)["final_dir"])
+    assert type(after.projector).__name__ == "PVTCProjector"
+    for k, v in before.state_dict().items():
+        if not k.startswith("projector."):
+            assert after.state_dict()[k].equal(v), k  # ViT and LLM kept (stage 1 froze them)
+
+
+class _StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+        return control
+
+
+def _losses(summary):
+    return {h["step"]: h["loss"] for h in summary["log_history"] if "loss" in h}
+
+
+def test_kill_and_resume_gives_the_same_losses(tmp_path, synth):
+    fixed = {"projector": {"drop_path_rate": 0.0}}
+    train_cfg = {"max_steps": 6, "save_steps": 3, "batch_size": 2}
+    full = train(run_cfg(tmp_path / "a", synth, model={"config_overrides": fixed}, train=train_cfg))
+    stopped = run_cfg(tmp_path / "b", synth, model={"config_overrides": fixed}, train=train_cfg)
+    train(stopped, callbacks=[_StopAt(3)])  # "killed" right after the step-3 checkpoint
+    assert latest_complete_checkpoint(stopped.output_dir).name == "checkpoint-3"
+    resumed = train(run_cfg(tmp_path / "b", synth, model={"config_overrides": fixed}, train=train_cfg), resume=True)
+    a, b = _losses(full), _losses(resumed)
+    for step in (4, 5, 6):
+        assert b[step] == pytest.approx(a[step], rel=1e-4), (step, a, b)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo on Linux")
+def test_ddp_loss_curve_equals_single_process(tmp_path, synth):
+    """2 processes x batch 1 (gloo) vs 1 process x batch 2: same global batches, same losses."""
+    common = {"model": {"config_overrides": {"projector": {"drop_path_rate": 0.0}}},
+              "train": {"max_steps": 4, "batch_size": 1, "group_by_length": False, "ddp_backend": "gloo"}}
+    ddp = run_cfg(tmp_path / "ddp", synth, **common)
+    (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(ddp.__dict__))
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29523",
+         "-m", "internvlx.train", str(tmp_path / "ddp.yaml")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp_losses = _losses(json.loads((tmp_path / "ddp" / "run" / "train_summary.json").read_text()))
+    single_train = {k: v for k, v in common["train"].items() if k != "ddp_backend"}
+    single = run_cfg(tmp_path / "single", synth, **{**common, "train": {**single_train, "batch_size": 2}})
+    single_losses = _losses(train(single))
+    assert sorted(ddp_losses) == sorted(single_losses) == [1, 2, 3, 4]
+    for step, loss in single_losses.items():
+        assert ddp_losses[step] == pytest.approx(loss, rel=2e-3), (ddp_losses, single_losses)

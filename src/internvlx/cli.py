@@ -150,7 +150,17 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from .train import RunConfig, train
 
-    cfg = RunConfig.from_yaml(args.config, args.set)
+    overrides = list(args.set)
+    if args.data:
+        from pathlib import Path
+
+        meta = Path(args.data) / "meta_train.json" if Path(args.data).is_dir() else Path(args.data)
+        overrides.append(f"data.meta={meta}")
+    if args.output_dir:
+        overrides.append(f"output_dir={args.output_dir}")
+    if args.max_steps is not None:
+        overrides.append(f"train.max_steps={args.max_steps}")
+    cfg = RunConfig.from_yaml(args.config, overrides)
     summary = train(cfg, resume=args.resume)
     print(f"done: {summary['final_dir']} (steps {summary.get('steps')}, loss {summary.get('train_loss')})")
     return 0
@@ -160,6 +170,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train or fine-tune from a YAML run description")
     p.add_argument("config", help="YAML file (see docs/training.md)")
     p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+    p.add_argument("--data", default=None, help="dataset: a meta JSON, or a folder holding meta_train.json")
+    p.add_argument("--output-dir", default=None)
+    p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set train.max_steps=20 (repeatable)")
     p.set_defaults(func=_train)

@@ -737,6 +737,12 @@ for _task in (
          description="MMBench-style multiple choice (VLMEvalKit TSV): options listed, letter extracted"),
     Task("mme", "mme", 20, VQA_SUFFIX, group_by=("category",),
          description="MME; score = perception + cognition, acc and acc+ per category"),
+    Task("gqa", "exact_match", 10, VQA_SUFFIX, group_by=("category",),
+         description="GQA (testdev balanced) exact match"),
+    Task("ai2d", "multiple_choice", 10, MC_SUFFIX, prompt=choice_prompt, group_by=("category",),
+         description="AI2D diagrams, multiple choice (VLMEvalKit TSV or InternVL JSONL with options)"),
+    Task("scienceqa", "multiple_choice", 10, MC_SUFFIX, prompt=choice_prompt, group_by=("category",),
+         description="ScienceQA (image split), multiple choice with the hint as context"),
 ):
     register_task(_task)
 

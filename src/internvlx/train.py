@@ -20,6 +20,7 @@ is the Python entry point. Distributed runs go through the same code under `torc
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -136,13 +137,47 @@ def build_model_and_processor(cfg: RunConfig, texts_for_tokenizer=None):
     else:
         if not Path(init).is_dir():
             raise ConfigError(f"model.init {init!r} is neither 'preset:NAME' nor a model directory")
-        model = InternVLXForConditionalGeneration.from_pretrained(init, **overrides)
         tokenizer = InternVLXProcessor.from_pretrained(init).tokenizer
+        model = _load_for_training(Path(init), overrides, int(cfg.train.get("seed", 0)))
     processor_settings = {k: v for k, v in tiling.items() if k in ("policy", "max_tiles", "min_tiles", "thumbnail")}
     if "system_message" in spec:
         processor_settings["system_message"] = spec["system_message"]
     processor = InternVLXProcessor.from_config(model.config, tokenizer, **processor_settings)
     return model, processor
+
+
+def _load_for_training(path: Path, overrides: dict[str, Any], seed: int) -> InternVLXForConditionalGeneration:
+    """Load a model directory; when `config_overrides` asks for another projector (e.g. PVTC on
+    a converted InternVL2 checkpoint, as the paper does), keep the ViT and LLM weights and start
+    a freshly initialised projector."""
+    from .convert import read_safetensors_dir
+
+    saved = InternVLXConfig.from_pretrained(path)
+    wanted = {**vars(saved.projector), **overrides.get("projector", {})}
+    if wanted == vars(saved.projector):
+        return InternVLXForConditionalGeneration.from_pretrained(path, **overrides)
+    config = InternVLXConfig.from_pretrained(path)
+    for key, value in overrides.items():
+        current = getattr(config, key, None)
+        if isinstance(value, dict) and dataclasses.is_dataclass(current):
+            setattr(config, key, {**vars(current), **value})  # a section: merged, re-validated
+        elif isinstance(value, dict) and hasattr(current, "to_dict"):
+            for k, v in value.items():  # a sub-config (vision_config / text_config)
+                setattr(current, k, v)
+        else:
+            setattr(config, key, value)
+    config.validate_sections()
+    torch.manual_seed(seed)
+    model = InternVLXForConditionalGeneration(config)
+    tensors, _ = read_safetensors_dir(path)
+    kept = {k: v for k, v in tensors.items() if k.startswith(("vision_model.", "language_model."))}
+    missing, unexpected = model.load_state_dict(kept, strict=False)
+    missing = [k for k in missing if not k.startswith(("projector.", "lvtc."))]
+    if missing or unexpected:
+        raise ConfigError(f"{path}: cannot reuse the ViT/LLM weights: missing {missing[:8]}, unexpected {unexpected[:8]}")
+    logger.warning("new %s projector initialised (the checkpoint had %s); train stage 1 first",
+                   config.projector.type, saved.projector.type)
+    return model
 
 
 def _tokenizer(spec: str | None, texts):
@@ -357,8 +392,9 @@ def training_arguments(cfg: RunConfig, total_steps: int) -> TrainingArguments:
     return TrainingArguments(**kwargs)
 
 
-def train(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
-    """Run one training job; returns a summary (final loss, throughput, output paths)."""
+def train(cfg: RunConfig, resume: bool = False, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any]:
+    """Run one training job; returns a summary (final loss, throughput, output paths).
+    `callbacks` are extra transformers `TrainerCallback`s."""
     from .data import InternVLDataset, TrainingCollator
 
     out = Path(cfg.output_dir)
@@ -396,7 +432,7 @@ def train(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     trainer = VLTrainer(
         model=model, args=args, train_dataset=dataset,
         data_collator=TrainingCollator(pad),
-        optimizers=optimizers, callbacks=[CompleteMarker()],
+        optimizers=optimizers, callbacks=[CompleteMarker(), *(callbacks or [])],
         image_token_id=processor.image_token_id,
     )
     logger.info("trainable parameters per module: %s", counts)
@@ -438,3 +474,11 @@ def merge_lora(adapter_dir: str | Path, out_dir: str | Path, base_dir: str | Pat
     source = adapter_dir if (adapter_dir / "processor_config.json").exists() else base
     InternVLXProcessor.from_pretrained(source).save_pretrained(out_dir)
     return out_dir
+
+
+if __name__ == "__main__":  # `torchrun --nproc_per_node N -m internvlx.train CONFIG.yaml ...`
+    import sys
+
+    from .cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))
