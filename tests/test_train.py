@@ -86,6 +86,7 @@ def test_resume_continues_from_the_last_complete_checkpoint(tmp_path, synth):
     train(cfg)
     out = Path(cfg.output_dir)
     assert latest_complete_checkpoint(out).name == "checkpoint-4"
+    assert (out / "checkpoint-4" / "processor_config.json").exists()  # a loadable model directory
     # a checkpoint folder without the completion marker (a crash while saving) is ignored
     (out / "checkpoint-9").mkdir()
     assert latest_complete_checkpoint(out).name == "checkpoint-4"

@@ -54,11 +54,11 @@ def accounting_table() -> str:
 
 def run_model_demo(model_dir: Path) -> None:
     import torch
+    from PIL import Image
     from transformers import TextStreamer
 
     from .modeling import InternVLXForConditionalGeneration
     from .processing import InternVLXProcessor
-    from .synth import Scene, generate_sample, render_scene  # noqa: F401
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = InternVLXForConditionalGeneration.from_pretrained(model_dir).eval()
@@ -69,8 +69,6 @@ def run_model_demo(model_dir: Path) -> None:
     questions = sorted(images_dir.glob("*.txt")) if images_dir.exists() else []
     for qfile in questions:
         image = qfile.with_suffix(".png")
-        from PIL import Image
-
         with Image.open(image) as im:
             w, h = im.size
         ours = count_visual_tokens(w, h, model.config)
@@ -78,11 +76,16 @@ def run_model_demo(model_dir: Path) -> None:
         print(f"\n[{image.name}] {w}x{h}: {ours.tiles} tiles, {ours.llm_input_tokens} visual tokens at the LLM "
               f"input, {ours.mean_per_layer:.0f} per layer on average (InternVL2 stock tiling at this tile "
               f"size would spend {base.tiles} tiles; see the table above for 448-px tiles)")
-        for question in qfile.read_text().splitlines():
-            if not question.strip():
-                continue
+        expected_file = qfile.with_suffix(".answers")
+        expected = expected_file.read_text().splitlines() if expected_file.exists() else []
+        history: list[tuple[str, str]] = []
+        for i, question in enumerate(q for q in qfile.read_text().splitlines() if q.strip()):
             print(f"Q: {question}\nA: ", end="", flush=True)
-            model.chat(processor, image, question, streamer=streamer, max_new_tokens=24)
+            answer, history = model.chat(processor, image, question, history=history, return_history=True,
+                                         streamer=streamer, max_new_tokens=24)
+            if i < len(expected):
+                verdict = "correct" if answer.strip().lower() == expected[i].strip().lower() else "wrong"
+                print(f"   (ground truth: {expected[i]} -> {verdict})")
 
 
 def main() -> int:

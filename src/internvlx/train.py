@@ -332,13 +332,19 @@ class VLTrainer(Trainer):
 
 
 class CompleteMarker(TrainerCallback):
-    """Mark a checkpoint folder complete once everything in it is written; `--resume` only
+    """Add the processor (so every checkpoint is a loadable model directory, e.g. for `internvlx
+    eval`), then mark the folder complete once everything in it is written; `--resume` only
     trusts marked checkpoints, so a run killed while saving resumes from the previous one."""
+
+    def __init__(self, processor: InternVLXProcessor | None = None):
+        self.processor = processor
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
+                if self.processor is not None:
+                    self.processor.save_pretrained(folder)
                 tmp = folder / (COMPLETE_MARKER + ".tmp")
                 tmp.write_text(json.dumps({"step": state.global_step}))
                 os.replace(tmp, folder / COMPLETE_MARKER)
@@ -432,7 +438,7 @@ def train(cfg: RunConfig, resume: bool = False, callbacks: list[TrainerCallback]
     trainer = VLTrainer(
         model=model, args=args, train_dataset=dataset,
         data_collator=TrainingCollator(pad),
-        optimizers=optimizers, callbacks=[CompleteMarker(), *(callbacks or [])],
+        optimizers=optimizers, callbacks=[CompleteMarker(processor), *(callbacks or [])],
         image_token_id=processor.image_token_id,
     )
     logger.info("trainable parameters per module: %s", counts)
