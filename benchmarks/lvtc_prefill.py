@@ -35,7 +35,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -43,11 +42,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import transformers
 from tqdm import tqdm
 
 from internvlx import InternVLXConfig, InternVLXForConditionalGeneration
-from internvlx.accounting import format_table, layer_token_counts, prefill_flops
+from internvlx.accounting import layer_token_counts, prefill_flops
+from internvlx.benchutils import iqr as _iqr
+from internvlx.benchutils import machine_info, machine_line, render_table
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -185,38 +185,10 @@ def prepare(model: InternVLXForConditionalGeneration, variants: list[Variant], t
         v.llm_flops = prefill_flops(model.config, [tiles], text).llm
 
 
-def machine_info(threads: int) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "threads": threads,
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
 def _ms(fn) -> float:
     start = time.perf_counter()
     fn()
     return (time.perf_counter() - start) * 1e3
-
-
-def _iqr(values: list[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return q3 - q1
 
 
 def measure(
@@ -308,22 +280,8 @@ TABLE = [
 
 
 def render(rows: list[dict]) -> str:
-    """`format_table` with fixed decimals: formatted cells are padded to a common width so
-    that they line up although `format_table` left-aligns strings."""
-    shown = []
-    for row in rows:
-        out = {}
-        for key, title, fmt in TABLE:
-            value = row.get(key)
-            out[title] = value if fmt is None or value is None else fmt.format(value)
-        shown.append(out)
-    for _, title, fmt in TABLE:
-        if fmt is not None:
-            width = max(len(r[title]) for r in shown if r[title] is not None)
-            for r in shown:
-                if r[title] is not None:
-                    r[title] = r[title].rjust(max(width, len(title)))
-    return format_table(shown, [title for _, title, _ in TABLE])
+    """The result table, fixed decimals per column."""
+    return render_table(rows, TABLE)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -379,9 +337,7 @@ def main(argv: list[str] | None = None) -> dict:
     attn = getattr(text, "_attn_implementation", None) or "default"
     params = sum(p.numel() for p in model.language_model.parameters())
     header = [
-        f"machine: {info['cpu']} ({info['logical_cpus']} logical CPUs, {info['cpu_capability']}), "
-        f"torch {info['torch']}, transformers {info['transformers']}, threads {args.threads}, "
-        f"load average at start {info['load_average_at_start']}",
+        machine_line(info),
         f"LLM: Llama {text.num_hidden_layers} layers, hidden {text.hidden_size}, intermediate "
         f"{text.intermediate_size}, heads {text.num_attention_heads}/{text.num_key_value_heads} kv, "
         f"vocab {text.vocab_size} ({params / 1e6:.0f} M params), attention {attn}; ViT 1 layer x 64, "

@@ -253,6 +253,34 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 COMMANDS.append(_add_eval)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import run_from_args
+
+    run_from_args(args)
+    return 0
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from .bench import add_arguments
+
+    p = sub.add_parser("bench", help="efficiency benchmark: transformers' InternVL2, our baseline and "
+                       "InternVL-X side by side (tokens, FLOPs, TTFT, decode, memory, training)")
+    add_arguments(p)
+    p.set_defaults(func=_bench)
+
+
+COMMANDS.append(_add_bench)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    from .serve import add_serve_parser
+
+    add_serve_parser(sub)
+
+
+COMMANDS.append(_add_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="internvlx", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
