@@ -149,6 +149,7 @@ def test_cli_chat_end_to_end(model_dir, tmp_path, capsys):
                 "--show-tokens", "--max-new-tokens", "4", "--policy", "area"]) == 0
     out = capsys.readouterr().out
     assert "x.png] 300x200" in out and "visual tokens at the LLM input" in out
+    assert torch.is_grad_enabled()  # the command leaves the caller's autograd mode alone
 
 
 def test_cli_interactive_chat(model_dir, tmp_path):

@@ -47,8 +47,20 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=_convert_to_official)
 
 
+def _no_grad(handler: Handler) -> Handler:
+    """Run a command without autograd, leaving the caller's global grad mode untouched."""
+
+    def run(args: argparse.Namespace) -> int:
+        import torch
+
+        with torch.no_grad():
+            return handler(args)
+
+    return run
+
+
+@_no_grad
 def _chat(args: argparse.Namespace) -> int:
-    import torch
     from transformers import TextStreamer
 
     from .accounting import count_visual_tokens, prefill_flops
@@ -57,7 +69,6 @@ def _chat(args: argparse.Namespace) -> int:
     from .modeling import InternVLXForConditionalGeneration
     from .processing import InternVLXProcessor
 
-    torch.set_grad_enabled(False)
     overrides = {"lvtc": {"enabled": args.lvtc == "on"}} if args.lvtc else {}
     model = InternVLXForConditionalGeneration.from_pretrained(args.model, **overrides).eval()
     processor = InternVLXProcessor.from_config(
@@ -198,14 +209,12 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
+@_no_grad
 def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import torch
-
     from .evaluation import evaluate, load_for_eval
 
-    torch.set_grad_enabled(False)
     model, processor = load_for_eval(args.model, dtype=args.dtype, device=args.device,
                                      lvtc=None if args.lvtc is None else args.lvtc == "on")
     out = args.out or str(Path("eval_results") / f"{Path(args.model).resolve().name}-{args.task}")

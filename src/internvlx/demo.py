@@ -53,14 +53,12 @@ def accounting_table() -> str:
 
 
 def run_model_demo(model_dir: Path) -> None:
-    import torch
     from PIL import Image
     from transformers import TextStreamer
 
     from .modeling import InternVLXForConditionalGeneration
     from .processing import InternVLXProcessor
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     model = InternVLXForConditionalGeneration.from_pretrained(model_dir).eval()
     processor = InternVLXProcessor.from_pretrained(model_dir)
     baseline = InternVLXConfig.from_preset("internvl2-2b")

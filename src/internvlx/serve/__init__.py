@@ -38,12 +38,9 @@ def __getattr__(name: str) -> Any:
 def load_app(model_dir: str | os.PathLike, settings: ServeSettings, *, dtype: str | None = None,
              device: str | None = None, lvtc: bool | None = None) -> Any:
     """Load a model directory and build its app (the model name defaults to the directory's)."""
-    import torch
-
     from ..evaluation import load_for_eval
     from .app import create_app
 
-    torch.set_grad_enabled(False)
     model, processor = load_for_eval(model_dir, dtype=dtype, device=device, lvtc=lvtc)
     return create_app(model, processor, settings)
 
