@@ -35,6 +35,18 @@ def left_pad(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
+def recompute(model, ids, pv, steps, mask=None):
+    """Greedy decoding recomputing everything without a cache; also returns step logits."""
+    seq, scores = ids, []
+    for _ in range(steps):
+        m = None if mask is None else torch.cat([mask, mask.new_ones(mask.shape[0], seq.shape[1] - mask.shape[1])], 1)
+        with torch.no_grad():
+            logits = model(input_ids=seq, attention_mask=m, pixel_values=pv, use_cache=False).logits[:, -1]
+        scores.append(logits)
+        seq = torch.cat([seq, logits.argmax(-1, keepdim=True)], dim=1)
+    return seq, torch.stack(scores)
+
+
 def pixels(tiles: int, size: int = 56, seed: int = 0) -> torch.Tensor:
     return torch.randn(tiles, 3, size, size, generator=torch.Generator().manual_seed(seed))
 

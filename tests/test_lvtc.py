@@ -6,7 +6,7 @@ import torch
 from internvlx import ConfigError, InternVLXConfig, InternVLXForConditionalGeneration
 from internvlx.accounting import layer_token_counts
 from internvlx.lvtc import LVTCCache
-from tests.helpers import IM_END, PAD, left_pad, pixels, prompt_ids, tiny_model
+from tests.helpers import IM_END, PAD, left_pad, pixels, prompt_ids, recompute, tiny_model
 
 GEN = dict(do_sample=False, eos_token_id=IM_END, pad_token_id=PAD)
 STEPS = 16
@@ -20,18 +20,6 @@ def lvtc_model(seed=1, projector="pvtc", **lvtc):
     with torch.no_grad():
         model.lvtc.gate.normal_(0, 0.5, generator=torch.Generator().manual_seed(seed))  # a non-trivial gate
     return base, model
-
-
-def recompute(model, ids, pv, steps, mask=None):
-    """Greedy decoding recomputing everything without a cache; also returns step logits."""
-    seq, scores = ids, []
-    for _ in range(steps):
-        m = None if mask is None else torch.cat([mask, mask.new_ones(mask.shape[0], seq.shape[1] - mask.shape[1])], 1)
-        with torch.no_grad():
-            logits = model(input_ids=seq, attention_mask=m, pixel_values=pv, use_cache=False).logits[:, -1]
-        scores.append(logits)
-        seq = torch.cat([seq, logits.argmax(-1, keepdim=True)], dim=1)
-    return seq, torch.stack(scores)
 
 
 def test_disabled_is_bit_identical_to_plain():

@@ -11,7 +11,7 @@ from internvlx import (
     InternVLXForConditionalGeneration,
     PromptError,
 )
-from tests.helpers import IM_END, PAD, left_pad, pixels, prompt_ids, tiny_model
+from tests.helpers import IM_END, PAD, left_pad, pixels, prompt_ids, recompute, tiny_model
 
 GEN = dict(do_sample=False, eos_token_id=IM_END, pad_token_id=PAD)
 
@@ -21,23 +21,13 @@ def model(request):
     return tiny_model(seed=1, projector={"type": request.param})
 
 
-def greedy_without_cache(model, ids, pv, steps):
-    """Greedy decoding by full recomputation of the whole sequence at every step."""
-    seq = ids
-    for _ in range(steps):
-        with torch.no_grad():
-            logits = model(input_ids=seq, pixel_values=pv, use_cache=False).logits
-        seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return seq
-
-
 def test_generate_with_cache_equals_recompute(model):
     tpt = model.config.tokens_per_tile
     ids = torch.tensor([prompt_ids([3], tpt, seed=3)])
     pv = pixels(3, seed=3)
     with torch.no_grad():
         cached = model.generate(input_ids=ids, pixel_values=pv, max_new_tokens=12, min_new_tokens=12, **GEN)
-    assert cached.equal(greedy_without_cache(model, ids, pv, 12))
+    assert cached.equal(recompute(model, ids, pv, 12)[0])
 
 
 def test_left_padded_batch_equals_samples_alone(model):
@@ -64,7 +54,7 @@ def test_text_only_generation(model):
     with torch.no_grad():
         out = model.generate(input_ids=ids, max_new_tokens=5, min_new_tokens=5, **GEN)
     assert out.shape == (1, ids.shape[1] + 5)
-    assert out[:, ids.shape[1]:].equal(greedy_without_cache(model, ids, None, 5)[:, ids.shape[1]:])
+    assert out[:, ids.shape[1]:].equal(recompute(model, ids, None, 5)[0][:, ids.shape[1]:])
 
 
 @pytest.mark.parametrize("kind", ["pvtc", "mlp"])
@@ -145,7 +135,7 @@ def test_qwen2_language_model():
     ids = torch.tensor([prompt_ids([1], cfg.tokens_per_tile, seed=2)])
     with torch.no_grad():
         out = m.generate(input_ids=ids, pixel_values=pixels(1), max_new_tokens=6, min_new_tokens=6, **GEN)
-    assert out.equal(greedy_without_cache(m, ids, pixels(1), 6))
+    assert out.equal(recompute(m, ids, pixels(1), 6)[0])
 
 
 def test_cls_scale_interpolated_for_another_grid(tmp_path, caplog):
