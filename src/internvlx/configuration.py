@@ -301,6 +301,18 @@ def _internlm2(hidden: int, inter: int, layers: int, heads: int, kv: int) -> dic
 _LLM_1_8B = _internlm2(2048, 8192, 24, 16, 8)
 _LLM_7B = _internlm2(4096, 14336, 32, 32, 8)
 
+
+def _full_size(llm: dict[str, Any], projector: str, *, max_tiles: int, policy: str = "length") -> dict[str, Any]:
+    """InternViT-300M + an InternLM2 LLM at 448-px tiles (256 tokens per tile, r = 0.5); the
+    non-HD InternVL-X models use one tile, the HD ones up to 6 (RVTC length policy)."""
+    return {
+        "vision_config": _INTERNVIT_300M,
+        "text_config": llm,
+        "projector": {"type": projector, "downsample_ratio": 0.5},
+        "tiling": {"max_tiles": max_tiles, "policy": policy},
+        "image_token_id": 92546,
+    }
+
 PRESETS: dict[str, dict[str, Any]] = {
     # Tests: the sizes of the official tiny fixture (4 LLM layers so that LVTC has room).
     "tiny": {
@@ -346,39 +358,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "image_token_id": 13,
         "template": "internlm2-chat",
     },
-    "internvl2-2b": {
-        "vision_config": _INTERNVIT_300M,
-        "text_config": _LLM_1_8B,
-        "projector": {"type": "mlp", "downsample_ratio": 0.5},
-        "tiling": {"max_tiles": 12, "policy": "stock"},
-        "image_token_id": 92546,
-    },
-    "internvlx-2b": {
-        "vision_config": _INTERNVIT_300M,
-        "text_config": _LLM_1_8B,
-        "projector": {"type": "pvtc", "downsample_ratio": 0.5},
-        "tiling": {"max_tiles": 1, "policy": "length"},
-        "image_token_id": 92546,
-    },
-    "internvlx-2b-hd": {
-        "vision_config": _INTERNVIT_300M,
-        "text_config": _LLM_1_8B,
-        "projector": {"type": "pvtc", "downsample_ratio": 0.5},
-        "tiling": {"max_tiles": 6, "policy": "length"},
-        "image_token_id": 92546,
-    },
-    "internvlx-8b": {
-        "vision_config": _INTERNVIT_300M,
-        "text_config": _LLM_7B,
-        "projector": {"type": "pvtc", "downsample_ratio": 0.5},
-        "tiling": {"max_tiles": 1, "policy": "length"},
-        "image_token_id": 92546,
-    },
-    "internvlx-8b-hd": {
-        "vision_config": _INTERNVIT_300M,
-        "text_config": _LLM_7B,
-        "projector": {"type": "pvtc", "downsample_ratio": 0.5},
-        "tiling": {"max_tiles": 6, "policy": "length"},
-        "image_token_id": 92546,
-    },
+    "internvl2-2b": _full_size(_LLM_1_8B, "mlp", max_tiles=12, policy="stock"),
+    "internvlx-2b": _full_size(_LLM_1_8B, "pvtc", max_tiles=1),
+    "internvlx-2b-hd": _full_size(_LLM_1_8B, "pvtc", max_tiles=6),
+    "internvlx-8b": _full_size(_LLM_7B, "pvtc", max_tiles=1),
+    "internvlx-8b-hd": _full_size(_LLM_7B, "pvtc", max_tiles=6),
 }
