@@ -18,3 +18,12 @@ def shared_path(*parts: str) -> Path:
             raise FileNotFoundError(f"{p} is required in CI (../shared must sit beside the repo)")
         pytest.skip(f"{p} not available outside CI")
     return p
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A complete tiny model directory (weights, InternLM2-style tokenizer, processor) built the
+    way a user would: official layout converted by the production converter."""
+    from tests.helpers import build_chat_model_dir
+
+    return build_chat_model_dir(tmp_path_factory.mktemp("chat_model"), seed=3)

@@ -36,15 +36,9 @@ from internvlx.evaluation import (
     score_predictions,
 )
 from internvlx.synth import QTYPES, generate_synthetic
-from tests.helpers import build_chat_model_dir
 
 
 # ------------------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_chat_model_dir(tmp_path_factory.mktemp("eval_model"), seed=3)
-
-
 @pytest.fixture(scope="module")
 def loaded(model_dir):
     return load_for_eval(model_dir, device="cpu")

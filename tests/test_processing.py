@@ -20,11 +20,6 @@ from tests.helpers import build_chat_model_dir
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_chat_model_dir(tmp_path_factory.mktemp("chat"), seed=3)
-
-
-@pytest.fixture(scope="module")
 def model_and_processor(model_dir):
     from transformers import AutoProcessor
 
