@@ -336,6 +336,18 @@ def test_high_resolution_has_large_images_and_small_objects(tmp_path):
                 assert max(im.size) > 896
 
 
+def test_mixed_resolution_spans_small_and_medium_canvases():
+    opts = SynthOptions(resolution="mixed", seed=1)
+    sides = []
+    for index in range(60):
+        for scene in generate_sample(index, "train", opts).scenes:
+            assert 112 <= scene.width <= 320 and 112 <= scene.height <= 320
+            sides += [scene.width, scene.height]
+            for o in scene.objects:  # objects scale with the canvas, as in "low"
+                assert o.size <= 0.22 * min(scene.width, scene.height) + 1
+    assert min(sides) < 224 and max(sides) > 224
+
+
 def test_low_resolution_sizes():
     opts = SynthOptions(resolution="low", seed=1)
     for index in range(40):

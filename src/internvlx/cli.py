@@ -149,7 +149,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s = data.add_parser("synth", help="generate the synthetic visual-QA dataset (no download)")
     s.add_argument("--out", required=True)
     s.add_argument("--n", type=int, required=True, help="number of samples (train + test)")
-    s.add_argument("--resolution", choices=["low", "high"], default="low")
+    s.add_argument("--resolution", choices=["low", "high", "mixed"], default="low",
+                   help="low: 224-448 px; high: 900-2000 px, small objects; mixed: 112-320 px (RVTC experiment)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--test-fraction", type=float, default=0.1)
     s.add_argument("--caption-fraction", type=float, default=0.15, help="1.0: caption-only (stage-1) data")

@@ -5,6 +5,9 @@ CPU, and the compression-vs-accuracy experiments: every answer depends on image 
 (a colour, a shape, a count, a relative position, a rendered word), and the ``"high"``
 resolution draws *small* objects and words on *large* canvases, so a single 448 px thumbnail
 loses what the question asks about while tiles keep it.
+The ``"mixed"`` resolution draws ``"low"``-style scenes on 112-320 px canvases: small images
+next to medium ones, where RVTC's tile caps differ from stock tiling at 112-px tiles (the
+miniature RVTC experiment in ``benchmarks/compression_table.py``).
 
 Layout written by :func:`generate_synthetic` into ``out_dir``::
 
@@ -93,7 +96,9 @@ WORDS = (
     "road", "rose", "ship", "shoe", "snow", "stone", "sun", "table", "tree", "water",
 )  # fmt: skip
 
-RESOLUTIONS = ("low", "high")
+RESOLUTIONS = ("low", "high", "mixed")
+#: Canvas side range per resolution ("mixed": small and medium images for the RVTC experiment).
+CANVAS_SIDES = {"low": (224, 448), "high": (900, 2000), "mixed": (112, 320)}
 SPLITS = ("train", "test")
 #: Question types asked about one image (and usable as follow-ups in multi-turn records).
 IMAGE_QTYPES = ("colour", "shape", "count", "position", "text")
@@ -377,7 +382,7 @@ def _pick(rng: np.random.Generator, seq: Sequence[Any]) -> Any:
 
 
 def _canvas_size(rng: np.random.Generator, resolution: str) -> tuple[int, int]:
-    lo, hi = (224, 448) if resolution == "low" else (900, 2000)
+    lo, hi = CANVAS_SIDES[resolution]
     w, h = rng.integers(lo, hi + 1, size=2)
     return int(w), int(h)
 
@@ -479,7 +484,7 @@ def _pick_background(rng: np.random.Generator, colours: list[RGB], resolution: s
                 break
     elif kind == "noise":
         noise = int(rng.integers(6, 16))
-    block = 2 if resolution == "low" else 3
+    block = 3 if resolution == "high" else 2
     return Background(kind, best, colour2, direction, noise, block, int(rng.integers(2**31)))
 
 
@@ -499,7 +504,7 @@ def _build_scene(
     """
     width, height = _canvas_size(rng, resolution)
     min_side = min(width, height)
-    if resolution == "low":
+    if resolution != "high":  # object and font sizes relative to the canvas
         sizes = [min_side * float(rng.uniform(0.12, 0.22)) for _ in items]
         font_size = min_side * float(rng.uniform(0.09, 0.16))
     else:
@@ -535,7 +540,7 @@ def _distractors(
 
 
 def _n_distractors(rng: np.random.Generator, resolution: str) -> int:
-    return int(rng.integers(0, 4 if resolution == "low" else 6))
+    return int(rng.integers(0, 6 if resolution == "high" else 4))
 
 
 # --------------------------------------------------------------------------- questions
@@ -728,7 +733,7 @@ def _build_caption(rng, res):
 
 def _build_compare(rng, res):
     mode = _pick(rng, ("shape", "total"))
-    top = 5 if res == "low" else 6
+    top = 6 if res == "high" else 5
     first, second = (
         int(v) for v in rng.choice(top + 1 if mode == "shape" else top, 2, replace=False)
     )

@@ -390,7 +390,9 @@ def training_arguments(cfg: RunConfig, total_steps: int) -> TrainingArguments:
         use_cpu=bool(t.get("use_cpu", not torch.cuda.is_available())),
         disable_tqdm=bool(t.get("disable_tqdm", False)),
     )
-    if t.get("group_by_length", True):
+    # Off by default: on templated data equal lengths mean equal question types, and batches of
+    # one type slowed learning ~2x in our synthetic runs (docs/training.md).
+    if t.get("group_by_length", False):
         kwargs["train_sampling_strategy"] = "group_by_length"
     for key in ("fsdp", "fsdp_config", "deepspeed", "ddp_backend"):
         if key in t:
@@ -405,6 +407,8 @@ def train(cfg: RunConfig, resume: bool = False, callbacks: list[TrainerCallback]
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.train.get("num_threads"):  # e.g. 1 to run two small jobs side by side on a small CPU
+        torch.set_num_threads(int(cfg.train["num_threads"]))
     meta = cfg.data.get("meta")
     if not meta:
         raise ConfigError("data.meta (an InternVL meta JSON) is required")

@@ -1,0 +1,338 @@
+"""The compression-vs-accuracy table in miniature: train every compressor with identical data,
+steps and seeds, evaluate each with the evaluation harness, and write `docs/results.md` plus a
+plot of accuracy against visual tokens.
+
+    python benchmarks/compression_table.py run            # train + evaluate whatever is missing
+    python benchmarks/compression_table.py report         # docs/results.md + docs/img/results_*.png
+    python benchmarks/compression_table.py run --variants pvtc-r0.5 --seeds 0   # a subset
+
+Every run is a real `internvlx train` job (from random initialisation, the `demo` preset's ViT
+and LLM, float32 on CPU) on the synthetic data, followed by `internvlx.evaluation.evaluate`
+on the held-out split. Runs are resumable: a finished run (its `result.json`) is skipped, so an
+interrupted sweep continues where it stopped. `--jobs 2` runs two single-threaded jobs side
+by side (faster than one two-threaded job on a 2-core CPU for models this small).
+
+Variants (identical data, steps, seeds, batch and learning rates):
+
+* low-resolution set (224-448 px, one 112-px tile per image, as InternVL-X-2B's 1-tile mode):
+  `internvl2-mlp` (InternVL2's MLP projector, r = 0.5: 16 tokens/tile), `pvtc-r0.5`,
+  `pvtc-r0.25` (4 tokens/tile), `mlp-r0.25` (the naive cut: pixel shuffle 4x4), `pvtc-lvtc`
+  (PVTC r = 0.5 + LVTC K = 6, stride 2: 4 tokens/tile in layers 0-5, 16 in layers 6-7);
+* mixed-resolution set (112-320 px canvases, up to 6 tiles + thumbnail, PVTC r = 0.5):
+  `rvtc-stock`, `rvtc-length`, `rvtc-area` (tile-count caps, SPEC section 4).
+
+Measured per run: held-out exact-match accuracy per question type; visual tokens at the LLM
+input and averaged over LLM layers (from the evaluation); analytic prefill FLOPs
+(`internvlx.accounting.prefill_flops`) at the mean tile count and prompt length; median
+prefill time of one batch of 8 test prompts (one thread, 5 repeats); training samples/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = {"low": ROOT / "data" / "synth-demo", "mixed": ROOT / "data" / "synth-mixed"}
+DATA_CMD = {
+    "low": "internvlx data synth --out data/synth-demo --n 20000 --seed 0 --test-fraction 0.05",
+    "mixed": "internvlx data synth --out data/synth-mixed --n 8000 --seed 0 --test-fraction 0.05 --resolution mixed",
+}
+RUNS = ROOT / "runs" / "table"
+DOC = ROOT / "docs" / "results.md"
+PLOT = ROOT / "docs" / "img" / "results_accuracy_vs_tokens.png"
+QTYPES = ("colour", "shape", "count", "position", "text", "caption", "compare", "arith", "word")
+
+VARIANTS: dict[str, dict] = {
+    "internvl2-mlp": {"label": "InternVL2 baseline (MLP, r=0.5)", "set": "low",
+                      "projector": {"type": "mlp", "downsample_ratio": 0.5}, "lvtc": False, "tiling": {"max_tiles": 1}},
+    "pvtc-r0.5": {"label": "PVTC r=0.5", "set": "low",
+                  "projector": {"type": "pvtc", "downsample_ratio": 0.5}, "lvtc": False, "tiling": {"max_tiles": 1}},
+    "pvtc-r0.25": {"label": "PVTC r=0.25", "set": "low",
+                   "projector": {"type": "pvtc", "downsample_ratio": 0.25}, "lvtc": False, "tiling": {"max_tiles": 1}},
+    "mlp-r0.25": {"label": "MLP r=0.25 (naive cut)", "set": "low",
+                  "projector": {"type": "mlp", "downsample_ratio": 0.25}, "lvtc": False, "tiling": {"max_tiles": 1}},
+    "pvtc-lvtc": {"label": "PVTC r=0.5 + LVTC (K=6, s=2)", "set": "low",
+                  "projector": {"type": "pvtc", "downsample_ratio": 0.5}, "lvtc": True, "tiling": {"max_tiles": 1}},
+    "rvtc-stock": {"label": "PVTC, stock tiling (<=6+1 tiles)", "set": "mixed",
+                   "projector": {"type": "pvtc", "downsample_ratio": 0.5}, "lvtc": False,
+                   "tiling": {"max_tiles": 6, "policy": "stock"}},
+    "rvtc-length": {"label": "PVTC, RVTC length", "set": "mixed",
+                    "projector": {"type": "pvtc", "downsample_ratio": 0.5}, "lvtc": False,
+                    "tiling": {"max_tiles": 6, "policy": "length"}},
+    "rvtc-area": {"label": "PVTC, RVTC area", "set": "mixed",
+                  "projector": {"type": "pvtc", "downsample_ratio": 0.5}, "lvtc": False,
+                  "tiling": {"max_tiles": 6, "policy": "area"}},
+}
+
+
+def run_config(name: str, seed: int, steps: int, out: Path, batch_size: int = 16) -> dict:
+    v = VARIANTS[name]
+    return {
+        "output_dir": str(out),
+        "model": {"init": "preset:demo", "tokenizer": "bpe:1024", "system_message": "",
+                  "config_overrides": {"projector": v["projector"], "lvtc": {"enabled": v["lvtc"]}}},
+        "data": {"meta": str(DATA[v["set"]] / "meta_train.json"), "max_seq_length": 512,
+                 "tiling": {"policy": "length", **v["tiling"]}},
+        "stage": "scratch",
+        "optim": {"lr": 1e-3, "lr_vision": 3e-3, "lr_projector": 3e-3, "warmup_ratio": 0.05,
+                  "weight_decay": 0.01, "scheduler": "cosine"},
+        "train": {"max_steps": steps, "batch_size": batch_size, "logging_steps": 25, "save_steps": 10**9, "seed": seed,
+                  "group_by_length": False, "num_threads": 1, "report_to": [], "disable_tqdm": True},
+    }
+
+
+def prefill_seconds(model, processor, samples, tiling: dict, repeats: int = 5) -> float:
+    """Median wall time of one prefill forward of a batch of `samples` prompts."""
+    import torch
+
+    from internvlx.evaluation import question_prompt
+    from internvlx.evaluation import get_task
+
+    task = get_task("synth")
+    batch = processor(
+        [[{"role": "user", "content": question_prompt(s, task)}] for s in samples],
+        images=[s.images for s in samples], padding_side="left", **tiling,
+    )
+    batch.pop("image_tiles", None)
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            model(**batch, use_cache=False)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+def evaluate_run(name: str, seed: int, out: Path, limit: int) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    from internvlx.accounting import prefill_flops
+    from internvlx.evaluation import evaluate, get_task, read_samples
+    from internvlx.modeling import InternVLXForConditionalGeneration
+    from internvlx.processing import InternVLXProcessor
+
+    v = VARIANTS[name]
+    final = out / "final"
+    model = InternVLXForConditionalGeneration.from_pretrained(final).eval()
+    processor = InternVLXProcessor.from_pretrained(final)
+    tiling = {"policy": v["tiling"].get("policy", "length"), "max_tiles": v["tiling"]["max_tiles"]}
+    test = DATA[v["set"]] / "test.jsonl"
+    with torch.no_grad():
+        summary = evaluate(model, processor, "synth", test, limit=limit, batch_size=16, out_dir=out / "eval",
+                           progress=False, **tiling)
+    rows = [json.loads(line) for line in (out / "eval" / "predictions.jsonl").read_text().splitlines()]
+    image_rows = [r for r in rows if r["tiles"]]
+    tiles = statistics.mean(r["tiles"] for r in image_rows)
+    text_tokens = statistics.mean(
+        len(processor.tokenizer(r["question"])["input_ids"]) for r in image_rows[:200])
+    flops = prefill_flops(model.config, [round(tiles)], round(text_tokens))
+    samples = [s for s in get_task("synth").reader(test) if s.images][:8]
+    train = json.loads((out / "train_summary.json").read_text())
+    return {
+        "variant": name, "seed": seed, "label": v["label"], "set": v["set"],
+        "score": summary["score"],
+        "per_type": {q: d["score"] for q, d in summary["breakdown"]["qtype"].items()},
+        "count": summary["count"],
+        "tokens_llm_input": summary["visual_tokens"]["llm_input_mean"],
+        "tokens_mean_per_layer": summary["visual_tokens"]["mean_per_layer"],
+        "tiles_mean": summary["visual_tokens"]["tiles_mean"],
+        "flops_prefill": flops.total, "flops_llm": flops.llm,
+        "prefill_ms_batch8": 1000 * prefill_seconds(model, processor, samples, tiling),
+        "train_samples_per_s": train["train_samples_per_second"],
+        "train_loss": train["train_loss"], "steps": train["steps"],
+        "batch_size": json.loads(json.dumps(__import__("yaml").safe_load((out / "run.yaml").read_text())))["train"]["batch_size"],
+    }
+
+
+def run_one(name: str, seed: int, steps: int, limit: int, batch_size: int) -> dict:
+    out = RUNS / f"{name}-s{seed}"
+    result_file = out / "result.json"
+    if result_file.exists():
+        return json.loads(result_file.read_text())
+    if not (out / "final" / "model.safetensors").exists():
+        import yaml
+
+        out.mkdir(parents=True, exist_ok=True)
+        cfg_path = out / "run.yaml"
+        cfg_path.write_text(yaml.safe_dump(run_config(name, seed, steps, out, batch_size), sort_keys=False))
+        log = (out / "train.log").open("w")
+        print(f"[{time.strftime('%H:%M:%S')}] train {name} seed {seed} ({steps} steps)", flush=True)
+        code = subprocess.call([sys.executable, "-m", "internvlx.cli", "train", str(cfg_path)],
+                               stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if code:
+            raise SystemExit(f"training {name} seed {seed} failed (exit {code}); see {out / 'train.log'}")
+    print(f"[{time.strftime('%H:%M:%S')}] evaluate {name} seed {seed}", flush=True)
+    code = subprocess.call([sys.executable, __file__, "_evaluate", name, str(seed), "--limit", str(limit)],
+                           cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if code:
+        raise SystemExit(f"evaluating {name} seed {seed} failed (exit {code})")
+    return json.loads(result_file.read_text())
+
+
+def cmd_run(args) -> None:
+    for name in args.variants:
+        if name not in VARIANTS:
+            raise SystemExit(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+        data = DATA[VARIANTS[name]["set"]]
+        if not (data / "meta_train.json").exists():
+            raise SystemExit(f"{data} is missing; generate it with:\n  {DATA_CMD[VARIANTS[name]['set']]}")
+    jobs = [(name, seed) for seed in args.seeds for name in args.variants]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for r in pool.map(lambda j: run_one(j[0], j[1], args.steps, args.limit, args.batch_size), jobs):
+            print(f"  {r['variant']} seed {r['seed']}: accuracy {r['score']:.3f}, "
+                  f"{r['tokens_llm_input']:.1f} visual tokens", flush=True)
+
+
+def cmd_evaluate(args) -> None:
+    out = RUNS / f"{args.name}-s{args.seed}"
+    result = evaluate_run(args.name, int(args.seed), out, args.limit)
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+
+
+# ------------------------------------------------------------------------- report
+
+
+def _mean_spread(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    m = statistics.mean(values)
+    return f"{100 * m:.1f} ± {100 * (max(values) - min(values)) / 2:.1f}" if len(values) > 1 else f"{100 * m:.1f}"
+
+
+def load_results() -> dict[str, list[dict]]:
+    grouped: dict[str, list[dict]] = {}
+    for f in sorted(RUNS.glob("*/result.json")):
+        r = json.loads(f.read_text())
+        grouped.setdefault(r["variant"], []).append(r)
+    return {name: grouped[name] for name in VARIANTS if name in grouped}
+
+
+def table(grouped: dict[str, list[dict]], set_name: str) -> str:
+    base = None
+    head = ("| variant | seeds | accuracy % | " + " | ".join(QTYPES[:5]) + " | visual tokens (LLM input) | "
+            "tokens / layer | prefill FLOPs | vs baseline | prefill ms (batch 8) | train samples/s |")
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for name, runs in grouped.items():
+        if VARIANTS[name]["set"] != set_name:
+            continue
+        flops = statistics.mean(r["flops_prefill"] for r in runs)
+        base = base or flops
+        per_type = [_mean_spread([r["per_type"].get(q, float("nan")) for r in runs if q in r["per_type"]])
+                    for q in QTYPES[:5]]
+        lines.append(
+            f"| {VARIANTS[name]['label']} | {len(runs)} | {_mean_spread([r['score'] for r in runs])} | "
+            + " | ".join(per_type)
+            + f" | {statistics.mean(r['tokens_llm_input'] for r in runs):.1f}"
+            f" | {statistics.mean(r['tokens_mean_per_layer'] for r in runs):.1f}"
+            f" | {flops / 1e9:.2f} G | {flops / base:.2f}x"
+            f" | {statistics.median(r['prefill_ms_batch8'] for r in runs):.1f}"
+            f" | {statistics.mean(r['train_samples_per_s'] for r in runs):.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(grouped: dict[str, list[dict]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, runs in grouped.items():
+        xs = [r["tokens_mean_per_layer"] for r in runs]
+        ys = [100 * r["score"] for r in runs]
+        marker = "o" if VARIANTS[name]["set"] == "low" else "s"
+        ax.errorbar(statistics.mean(xs), statistics.mean(ys), yerr=(max(ys) - min(ys)) / 2 if len(ys) > 1 else 0,
+                    fmt=marker, capsize=3, label=VARIANTS[name]["label"])
+        ax.scatter(xs, ys, s=8, color="grey", alpha=0.6)
+    ax.set_xlabel("visual tokens per sample, averaged over LLM layers")
+    ax.set_ylabel("held-out exact match (%)")
+    ax.set_title("Miniature InternVL-X: accuracy vs visual tokens (circles: 1 tile; squares: mixed-res tiling)")
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOT, dpi=120)
+
+
+def cmd_report(args) -> None:
+    grouped = load_results()
+    if not grouped:
+        raise SystemExit(f"no finished runs in {RUNS}; run `python benchmarks/compression_table.py run` first")
+    plot(grouped)
+    any_run = next(iter(grouped.values()))[0]
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, float32, one thread per job"
+    parts = [
+        "# Compression vs accuracy, in miniature",
+        "",
+        "Produced by `python benchmarks/compression_table.py run && python benchmarks/compression_table.py report` "
+        f"on {machine} ({time.strftime('%Y-%m-%d')}). Every row is trained from random initialisation with the "
+        f"project's trainer for {any_run['steps']} steps of {any_run.get('batch_size', 8)} samples (same data order, learning rates and seeds "
+        "for every variant), then evaluated on the held-out synthetic split with `internvlx.evaluation` "
+        f"({any_run['count']} samples, exact match). Accuracy is the mean over seeds ± half the range.",
+        "",
+        "Data: " + "; ".join(f"`{c}`" for c in DATA_CMD.values()) + ".",
+        "",
+        "## Projector and LLM compression (low-resolution set, one 112-px tile per image)",
+        "",
+        table(grouped, "low"),
+        "",
+        "## Tiling: stock vs RVTC (mixed-resolution set, 112-320 px, up to 6 tiles + thumbnail)",
+        "",
+        table(grouped, "mixed"),
+        "",
+        f"![accuracy vs visual tokens](img/{PLOT.name})",
+        "",
+        "Columns: *visual tokens (LLM input)* are the `<IMG_CONTEXT>` slots per test sample; *tokens / layer* is "
+        "their mean over LLM layers (LVTC's shallow layers see 4x fewer); *prefill FLOPs* are analytic "
+        "(ViT + projector + LLM) for the mean tile count and prompt length; *prefill ms* is the median of 5 "
+        "forward passes over the same 8 test prompts, one thread; *train samples/s* is the trainer's own figure "
+        "(two jobs ran side by side, so compare rows, not absolute values). The per-type columns are accuracy "
+        "% for colour, shape, count, position and text questions.",
+        "",
+    ]
+    notes = Path(args.notes)
+    if notes.exists():
+        parts += [notes.read_text().strip(), ""]
+    DOC.write_text("\n".join(parts))
+    print(DOC.read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="train and evaluate the missing runs")
+    r.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    r.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    r.add_argument("--steps", type=int, default=600)
+    r.add_argument("--batch-size", type=int, default=8)
+    r.add_argument("--limit", type=int, default=400, help="held-out samples to evaluate")
+    r.add_argument("--jobs", type=int, default=2, help="runs side by side (one thread each)")
+    r.set_defaults(func=cmd_run)
+    e = sub.add_parser("_evaluate")
+    e.add_argument("name")
+    e.add_argument("seed")
+    e.add_argument("--limit", type=int, default=400)
+    e.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("report", help="write docs/results.md and the plot from the finished runs")
+    p.add_argument("--notes", default=str(ROOT / "benchmarks" / "compression_table_notes.md"),
+                   help="markdown appended to the report (the interpretation)")
+    p.set_defaults(func=cmd_report)
+    args = ap.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
