@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --upgrade pip >/dev/null
 	# torch first, pinned: the CPU wheel. An unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e '.[dev,train,serve]'
+	$(PY) -m pip install -e '.[dev,train,serve,demo]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -62,6 +62,9 @@ VARIANTS: dict[str, dict] = {
                   "projector": {"type": "mlp", "downsample_ratio": 0.25}, "lvtc": False, "tiling": {"max_tiles": 1}},
     "pvtc-lvtc": {"label": "PVTC r=0.5 + LVTC (K=6, s=2)", "set": "low",
                   "projector": {"type": "pvtc", "downsample_ratio": 0.5}, "lvtc": True, "tiling": {"max_tiles": 1}},
+    # not trained: the pvtc-r0.5 checkpoints with LVTC switched on as they are (gate at its init)
+    "pvtc-lvtc-free": {"label": "PVTC r=0.5, LVTC switched on without training", "set": "low", "reuse": "pvtc-r0.5",
+                       "projector": {"type": "pvtc", "downsample_ratio": 0.5}, "lvtc": True, "tiling": {"max_tiles": 1}},
     "rvtc-stock": {"label": "PVTC, stock tiling (<=6+1 tiles)", "set": "mixed",
                    "projector": {"type": "pvtc", "downsample_ratio": 0.5}, "lvtc": False,
                    "tiling": {"max_tiles": 6, "policy": "stock"}},
@@ -94,8 +97,7 @@ def prefill_seconds(model, processor, samples, tiling: dict, repeats: int = 5) -
     """Median wall time of one prefill forward of a batch of `samples` prompts."""
     import torch
 
-    from internvlx.evaluation import question_prompt
-    from internvlx.evaluation import get_task
+    from internvlx.evaluation import get_task, question_prompt
 
     task = get_task("synth")
     batch = processor(
@@ -117,14 +119,16 @@ def evaluate_run(name: str, seed: int, out: Path, limit: int) -> dict:
 
     torch.set_num_threads(1)
     from internvlx.accounting import prefill_flops
-    from internvlx.evaluation import evaluate, get_task, read_samples
+    from internvlx.evaluation import evaluate, get_task
     from internvlx.modeling import InternVLXForConditionalGeneration
     from internvlx.processing import InternVLXProcessor
 
     v = VARIANTS[name]
-    final = out / "final"
-    model = InternVLXForConditionalGeneration.from_pretrained(final).eval()
-    processor = InternVLXProcessor.from_pretrained(final)
+    trained = RUNS / f"{v['reuse']}-s{seed}" if "reuse" in v else out
+    model = InternVLXForConditionalGeneration.from_pretrained(trained / "final").eval()
+    processor = InternVLXProcessor.from_pretrained(trained / "final")
+    if "reuse" in v and v["lvtc"] and not model.config.lvtc.enabled:
+        model.configure_lvtc(True)
     tiling = {"policy": v["tiling"].get("policy", "length"), "max_tiles": v["tiling"]["max_tiles"]}
     test = DATA[v["set"]] / "test.jsonl"
     with torch.no_grad():
@@ -137,7 +141,7 @@ def evaluate_run(name: str, seed: int, out: Path, limit: int) -> dict:
         len(processor.tokenizer(r["question"])["input_ids"]) for r in image_rows[:200])
     flops = prefill_flops(model.config, [round(tiles)], round(text_tokens))
     samples = [s for s in get_task("synth").reader(test) if s.images][:8]
-    train = json.loads((out / "train_summary.json").read_text())
+    train = json.loads((trained / "train_summary.json").read_text())
     return {
         "variant": name, "seed": seed, "label": v["label"], "set": v["set"],
         "score": summary["score"],
@@ -148,9 +152,9 @@ def evaluate_run(name: str, seed: int, out: Path, limit: int) -> dict:
         "tiles_mean": summary["visual_tokens"]["tiles_mean"],
         "flops_prefill": flops.total, "flops_llm": flops.llm,
         "prefill_ms_batch8": 1000 * prefill_seconds(model, processor, samples, tiling),
-        "train_samples_per_s": train["train_samples_per_second"],
+        "train_samples_per_s": None if "reuse" in v else train["train_samples_per_second"],
         "train_loss": train["train_loss"], "steps": train["steps"],
-        "batch_size": json.loads(json.dumps(__import__("yaml").safe_load((out / "run.yaml").read_text())))["train"]["batch_size"],
+        "batch_size": __import__("yaml").safe_load((trained / "run.yaml").read_text())["train"]["batch_size"],
     }
 
 
@@ -159,7 +163,12 @@ def run_one(name: str, seed: int, steps: int, limit: int, batch_size: int) -> di
     result_file = out / "result.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
-    if not (out / "final" / "model.safetensors").exists():
+    reuse = VARIANTS[name].get("reuse")
+    if reuse:
+        if not (RUNS / f"{reuse}-s{seed}" / "final" / "model.safetensors").exists():
+            raise SystemExit(f"{name} evaluates the {reuse} seed {seed} checkpoint: run that variant first")
+        out.mkdir(parents=True, exist_ok=True)
+    elif not (out / "final" / "model.safetensors").exists():
         import yaml
 
         out.mkdir(parents=True, exist_ok=True)
@@ -218,6 +227,11 @@ def load_results() -> dict[str, list[dict]]:
     return {name: grouped[name] for name in VARIANTS if name in grouped}
 
 
+def _train_speed(runs: list[dict]) -> str:
+    speeds = [r["train_samples_per_s"] for r in runs if r["train_samples_per_s"] is not None]
+    return f"{statistics.mean(speeds):.1f}" if speeds else "not trained"
+
+
 def table(grouped: dict[str, list[dict]], set_name: str) -> str:
     base = None
     head = ("| variant | seeds | accuracy % | " + " | ".join(QTYPES[:5]) + " | visual tokens (LLM input) | "
@@ -237,7 +251,7 @@ def table(grouped: dict[str, list[dict]], set_name: str) -> str:
             f" | {statistics.mean(r['tokens_mean_per_layer'] for r in runs):.1f}"
             f" | {flops / 1e9:.2f} G | {flops / base:.2f}x"
             f" | {statistics.median(r['prefill_ms_batch8'] for r in runs):.1f}"
-            f" | {statistics.mean(r['train_samples_per_s'] for r in runs):.1f} |"
+            f" | {_train_speed(runs)} |"
         )
     return "\n".join(lines)
 

@@ -1,6 +1,10 @@
 """`make demo`'s code path: the accounting table always; the shipped model answering when present."""
 
+import importlib.util
+
 from internvlx import demo
+from internvlx.accounting import count_visual_tokens
+from internvlx.configuration import InternVLXConfig
 
 
 def test_accounting_table_compares_the_baseline_with_each_compressor():
@@ -19,5 +23,23 @@ def test_demo_main_runs(capsys):
     assert "visual-token accounting" in out and "demo finished" in out
     if demo.DEMO_MODEL.exists():  # the shipped model answers, with the ground truth beside it
         assert out.count("Q: ") >= 5 and out.count("ground truth") >= 5
+        assert "answers match the ground truth" in out
+        # every image gets its accounting against the baseline, at demo scale and at 2B size
+        assert out.count("this model:") == out.count("at 2B size:") >= 5
+        if importlib.util.find_spec("skimage") is not None:
+            assert "astronaut" in out and "out of distribution" in out
     else:
         assert "No trained demo model" in out
+
+
+def test_demo_scale_baseline_is_internvl2_style():
+    cfg = InternVLXConfig.from_preset("demo")
+    base = demo.baseline_for(cfg)
+    assert base.projector.type == "mlp" and base.projector.downsample_ratio == 0.5
+    assert base.tiling.policy == "stock" and not base.lvtc.enabled
+    assert base.text_config.hidden_size == cfg.text_config.hidden_size
+    # same tiles for a square image; LVTC's shallow layers take 4x fewer tokens than the baseline
+    ours, theirs = count_visual_tokens(300, 300, cfg), count_visual_tokens(300, 300, base)
+    assert ours.tiles == theirs.tiles and 4 * ours.llm_input_tokens == theirs.llm_input_tokens
+    text = demo.image_accounting(300, 300, cfg)
+    assert f"{ours.llm_input_tokens} visual tokens in" in text and f"{theirs.llm_input_tokens} tokens" in text

@@ -1,0 +1,75 @@
+"""benchmarks/compression_table.py: every variant is a valid training run of the intended
+compressor, and the report aggregates seeds correctly."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from internvlx.configuration import InternVLXConfig
+from internvlx.train import RunConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def table():
+    spec = importlib.util.spec_from_file_location("compression_table", ROOT / "benchmarks" / "compression_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+EXPECTED = {  # variant: (projector, tokens per tile at the LLM input, tokens per tile in the deep layers)
+    "internvl2-mlp": ("mlp", 16, 16),
+    "pvtc-r0.5": ("pvtc", 16, 16),
+    "pvtc-r0.25": ("pvtc", 4, 4),
+    "mlp-r0.25": ("mlp", 4, 4),
+    "pvtc-lvtc": ("pvtc", 4, 16),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_low_resolution_variants_build_the_intended_compressor(table, name, tmp_path):
+    raw = table.run_config(name, seed=1, steps=7, out=tmp_path, batch_size=4)
+    cfg = RunConfig.from_dict(raw)
+    assert cfg.stage == "scratch" and cfg.train["seed"] == 1 and cfg.train["max_steps"] == 7
+    assert cfg.train["group_by_length"] is False
+    model_cfg = InternVLXConfig.from_preset("demo", **cfg.model["config_overrides"])
+    projector, tokens_in, tokens_deep = EXPECTED[name]
+    assert model_cfg.projector.type == projector
+    assert model_cfg.input_tokens_per_tile == tokens_in and model_cfg.tokens_per_tile == tokens_deep
+    assert cfg.data["tiling"]["max_tiles"] == 1
+
+
+def test_variants_share_everything_but_the_compressor(table, tmp_path):
+    configs = {name: table.run_config(name, 0, 100, tmp_path) for name in table.VARIANTS}
+    for raw in configs.values():  # identical optimisation and data order for every row
+        assert raw["optim"] == configs["pvtc-r0.5"]["optim"]
+        assert raw["train"] == configs["pvtc-r0.5"]["train"]
+    policies = {configs[n]["data"]["tiling"]["policy"] for n in ("rvtc-stock", "rvtc-length", "rvtc-area")}
+    assert policies == {"stock", "length", "area"}
+    assert table.VARIANTS["pvtc-lvtc-free"]["reuse"] == "pvtc-r0.5"
+
+
+def _result(variant, seed, score, flops, tokens=16.0):
+    return {"variant": variant, "seed": seed, "score": score, "flops_prefill": flops,
+            "per_type": {"colour": score, "shape": 0.5}, "tokens_llm_input": tokens,
+            "tokens_mean_per_layer": tokens, "prefill_ms_batch8": 10.0, "train_samples_per_s": 12.0}
+
+
+def test_report_table_averages_seeds_and_compares_flops_with_the_first_row(table):
+    grouped = {
+        "internvl2-mlp": [_result("internvl2-mlp", 0, 0.50, 4e9), _result("internvl2-mlp", 1, 0.60, 4e9)],
+        "pvtc-r0.25": [_result("pvtc-r0.25", 0, 0.40, 1e9, 4.0), _result("pvtc-r0.25", 1, 0.40, 1e9, 4.0)],
+    }
+    lines = table.table(grouped, "low").splitlines()
+    base, small = lines[2], lines[3]
+    assert "| 55.0 ± 5.0 |" in base and "| 1.00x |" in base
+    assert "| 40.0 ± 0.0 |" in small and "| 0.25x |" in small and "| 4.0 |" in small
+    assert table.table(grouped, "mixed").count("\n") == 1  # header only: no mixed-set rows
+
+
+def test_mean_spread_of_one_seed_has_no_spread(table):
+    assert table._mean_spread([0.25]) == "25.0"
+    assert table._mean_spread([]) == "n/a"
