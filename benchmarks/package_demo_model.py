@@ -104,6 +104,10 @@ def main() -> None:
     args = ap.parse_args()
     model = InternVLXForConditionalGeneration.from_pretrained(args.run / "final").to(torch.bfloat16)
     processor = InternVLXProcessor.from_pretrained(args.run / "final")
+    settings = processor.settings  # the tiling it was trained with, also in the model config
+    model.config.tiling = {**vars(model.config.tiling), "policy": settings.policy,
+                           "max_tiles": settings.max_tiles, "min_tiles": settings.min_tiles,
+                           "thumbnail": settings.thumbnail}
     if args.out.exists():
         shutil.rmtree(args.out)
     model.save_pretrained(args.out)

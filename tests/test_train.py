@@ -219,3 +219,20 @@ def test_ddp_loss_curve_equals_single_process(tmp_path, synth):
     assert sorted(ddp_losses) == sorted(single_losses) == [1, 2, 3, 4]
     for step, loss in single_losses.items():
         assert ddp_losses[step] == pytest.approx(loss, rel=2e-3), (ddp_losses, single_losses)
+
+
+def test_data_tiling_is_recorded_in_the_model_config(tmp_path, synth):
+    from internvlx.train import build_model_and_processor, conversation_texts
+
+    cfg = run_cfg(tmp_path, synth, data={"meta": str(synth), "tiling": {"policy": "area", "max_tiles": 2}})
+    model, processor = build_model_and_processor(cfg, list(conversation_texts(synth)))
+    assert (processor.settings.policy, processor.settings.max_tiles) == ("area", 2)
+    assert (model.config.tiling.policy, model.config.tiling.max_tiles) == ("area", 2)
+
+
+def test_batches_are_shuffled_unless_length_grouping_is_asked_for(tmp_path, synth):
+    from internvlx.train import training_arguments
+
+    assert training_arguments(run_cfg(tmp_path, synth), 4).train_sampling_strategy != "group_by_length"
+    grouped = run_cfg(tmp_path, synth, train={"max_steps": 4, "group_by_length": True})
+    assert training_arguments(grouped, 4).train_sampling_strategy == "group_by_length"

@@ -140,6 +140,8 @@ def build_model_and_processor(cfg: RunConfig, texts_for_tokenizer=None):
         tokenizer = InternVLXProcessor.from_pretrained(init).tokenizer
         model = _load_for_training(Path(init), overrides, int(cfg.train.get("seed", 0)))
     processor_settings = {k: v for k, v in tiling.items() if k in ("policy", "max_tiles", "min_tiles", "thumbnail")}
+    if processor_settings:  # the saved config describes the tiling the model was trained with
+        model.config.tiling = {**vars(model.config.tiling), **processor_settings}
     if "system_message" in spec:
         processor_settings["system_message"] = spec["system_message"]
     processor = InternVLXProcessor.from_config(model.config, tokenizer, **processor_settings)
