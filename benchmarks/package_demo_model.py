@@ -69,9 +69,9 @@ show the pipeline working end to end offline; it knows nothing but the synthetic
 ## How it was trained
 
 ```bash
-internvlx data synth --out data/synth-demo --n 6000 --seed 0
+internvlx data synth --out data/synth-demo --n 20000 --seed 0 --test-fraction 0.05
 internvlx train configs/demo.yaml
-internvlx eval runs/demo/final --task synth --data data/synth-demo --batch-size 16 --out eval_results/demo
+internvlx eval runs/demo/final --task synth --data data/synth-demo/test.jsonl --batch-size 16 --out eval_results/demo
 python benchmarks/package_demo_model.py --run runs/demo --eval eval_results/demo/summary.json --data data/synth-demo
 ```
 
@@ -90,7 +90,7 @@ sample on average ({evaluation.get('visual_tokens', {}).get('mean_per_layer', fl
 | --- | ---: | ---: |
 {rows}
 
-Limitations: trained on {summary.get('steps')} x 16 synthetic samples only; answers about real photos
+Limitations: trained on {summary.get('steps')} x {summary.get('batch_size', 16)} synthetic samples only; answers about real photos
 are meaningless. Retraining with the commands above reproduces it up to run-to-run noise.
 """
 

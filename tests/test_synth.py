@@ -348,6 +348,17 @@ def test_mixed_resolution_spans_small_and_medium_canvases():
     assert min(sides) < 224 and max(sides) > 224
 
 
+def test_simple_scenes_have_plain_backgrounds_and_few_objects():
+    opts = SynthOptions(resolution="simple", seed=2)
+    for index in range(80):
+        sample = generate_sample(index, "train", opts)
+        for scene in sample.scenes:
+            assert scene.background.kind == "plain"
+            assert 224 <= min(scene.width, scene.height) and max(scene.width, scene.height) <= 448
+            limit = {"count": 5, "compare": 7}.get(sample.turns[0].qtype, 3)
+            assert len(scene.objects) <= limit
+
+
 def test_low_resolution_sizes():
     opts = SynthOptions(resolution="low", seed=1)
     for index in range(40):
@@ -415,3 +426,13 @@ def test_single_sample_goes_to_train(tmp_path):
     assert (tmp_path / "one" / "test.jsonl").read_text() == ""
     meta = json.loads((tmp_path / "one" / "meta_test.json").read_text())
     assert meta["synth_test"]["length"] == 0
+
+
+def test_cli_caption_only_data_makes_room_for_captions(tmp_path, capsys):
+    from internvlx.cli import main
+
+    code = main(["data", "synth", "--out", str(tmp_path / "cap"), "--n", "8", "--caption-fraction", "1.0",
+                 "--resolution", "simple", "--no-progress"])
+    assert code in (0, None)
+    records = read_jsonl(tmp_path / "cap" / "train.jsonl") + read_jsonl(tmp_path / "cap" / "test.jsonl")
+    assert len(records) == 8 and {r["qtype"] for r in records} == {"caption"}

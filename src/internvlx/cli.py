@@ -134,9 +134,16 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
 def _data_synth(args: argparse.Namespace) -> int:
     from .synth import generate_synthetic
 
+    # text-only and multi-image samples give way to captions: --caption-fraction 1.0 is caption-only
+    room = max(0.0, 1.0 - args.caption_fraction)
+    text_only, multi = args.text_only_fraction, args.multi_image_fraction
+    if text_only + multi > room:
+        scale = room / (text_only + multi)
+        text_only, multi = text_only * scale, multi * scale
     stats = generate_synthetic(
         args.out, args.n, resolution=args.resolution, seed=args.seed, test_fraction=args.test_fraction,
-        caption_fraction=args.caption_fraction, overwrite=args.overwrite, progress=not args.no_progress,
+        caption_fraction=args.caption_fraction, text_only_fraction=text_only, multi_image_fraction=multi,
+        overwrite=args.overwrite, progress=not args.no_progress,
     )
     print(f"wrote {args.out}: {stats['train']['n']} train / {stats['test']['n']} test "
           f"samples in {stats['elapsed_s']:.1f} s; question types {stats['qtypes']}")
@@ -149,11 +156,15 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s = data.add_parser("synth", help="generate the synthetic visual-QA dataset (no download)")
     s.add_argument("--out", required=True)
     s.add_argument("--n", type=int, required=True, help="number of samples (train + test)")
-    s.add_argument("--resolution", choices=["low", "high", "mixed"], default="low",
-                   help="low: 224-448 px; high: 900-2000 px, small objects; mixed: 112-320 px (RVTC experiment)")
+    s.add_argument("--resolution", choices=["low", "high", "mixed", "simple"], default="low",
+                   help="low: 224-448 px; high: 900-2000 px, small objects; mixed: 112-320 px (RVTC experiment); simple: low with plain backgrounds and at most one distractor")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--test-fraction", type=float, default=0.1)
     s.add_argument("--caption-fraction", type=float, default=0.15, help="1.0: caption-only (stage-1) data")
+    s.add_argument("--text-only-fraction", type=float, default=0.05,
+                   help="share of text-only samples (shrunk to fit next to --caption-fraction)")
+    s.add_argument("--multi-image-fraction", type=float, default=0.05,
+                   help="share of two-image samples (shrunk to fit next to --caption-fraction)")
     s.add_argument("--overwrite", action="store_true", help="replace a previous synthetic dataset in --out")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_data_synth)

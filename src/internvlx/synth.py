@@ -8,6 +8,9 @@ loses what the question asks about while tiles keep it.
 The ``"mixed"`` resolution draws ``"low"``-style scenes on 112-320 px canvases: small images
 next to medium ones, where RVTC's tile caps differ from stock tiling at 112-px tiles (the
 miniature RVTC experiment in ``benchmarks/compression_table.py``).
+The ``"simple"`` resolution is ``"low"`` with plain backgrounds, at most one distractor and
+counts up to 4 (plus a distractor): scenes a model trained from scratch on a CPU in minutes can learn (the
+shipped demo model and the compression table train on it).
 
 Layout written by :func:`generate_synthetic` into ``out_dir``::
 
@@ -96,9 +99,9 @@ WORDS = (
     "road", "rose", "ship", "shoe", "snow", "stone", "sun", "table", "tree", "water",
 )  # fmt: skip
 
-RESOLUTIONS = ("low", "high", "mixed")
+RESOLUTIONS = ("low", "high", "mixed", "simple")
 #: Canvas side range per resolution ("mixed": small and medium images for the RVTC experiment).
-CANVAS_SIDES = {"low": (224, 448), "high": (900, 2000), "mixed": (112, 320)}
+CANVAS_SIDES = {"low": (224, 448), "high": (900, 2000), "mixed": (112, 320), "simple": (224, 448)}
 SPLITS = ("train", "test")
 #: Question types asked about one image (and usable as follow-ups in multi-turn records).
 IMAGE_QTYPES = ("colour", "shape", "count", "position", "text")
@@ -463,7 +466,7 @@ def _pick_background(rng: np.random.Generator, colours: list[RGB], resolution: s
     def contrast(c: Sequence[float]) -> float:
         return min((math.dist(c, o) for o in colours), default=255.0)
 
-    kind = _pick(rng, BACKGROUNDS)
+    kind = "plain" if resolution == "simple" else _pick(rng, BACKGROUNDS)
     best, best_contrast = None, -1.0
     for _ in range(40):
         cand = tuple(int(v) for v in rng.integers(35, 221, size=3))
@@ -540,7 +543,7 @@ def _distractors(
 
 
 def _n_distractors(rng: np.random.Generator, resolution: str) -> int:
-    return int(rng.integers(0, 6 if resolution == "high" else 4))
+    return int(rng.integers(0, {"high": 6, "simple": 2}.get(resolution, 4)))
 
 
 # --------------------------------------------------------------------------- questions
@@ -678,7 +681,7 @@ def _build_shape(rng, res):
 
 
 def _build_count(rng, res):
-    k = int(rng.integers(1, 7))
+    k = int(rng.integers(1, 5 if res == "simple" else 7))
     mode = _pick(rng, ("shape", "colour", "total"))
     target = None
     if mode == "shape":
@@ -703,13 +706,13 @@ def _build_position(rng, res):
     axis = _pick(rng, ("x", "y"))
     rel = _pick(rng, ("left", "right") if axis == "x" else ("above", "below"))
     items = _distractors(rng, 2, [])  # items[1] is placed `rel` of items[0]
-    items += _distractors(rng, int(rng.integers(0, 3)), items)
+    items += _distractors(rng, int(rng.integers(0, 2 if res == "simple" else 3)), items)
     scene = _build_scene(rng, res, items, constraints=[(1, 0, rel)])
     return scene, _ask_position(rng, scene, (1, 0, axis))
 
 
 def _build_text(rng, res):
-    items = _distractors(rng, int(rng.integers(0, 4)), [])
+    items = _distractors(rng, int(rng.integers(0, 2 if res == "simple" else 4)), [])
     scene = _build_scene(
         rng, res, items, word=_pick(rng, WORDS), text_colour=_pick(rng, tuple(COLOURS))
     )
