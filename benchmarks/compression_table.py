@@ -14,7 +14,7 @@ by side (faster than one two-threaded job on a 2-core CPU for models this small)
 
 Variants (identical data, steps, seeds, batch and learning rates):
 
-* low-resolution set (224-448 px, one 112-px tile per image, as InternVL-X-2B's 1-tile mode):
+* simple set (224-448 px plain-background scenes, one 112-px tile per image, as InternVL-X-2B's 1-tile mode):
   `internvl2-mlp` (InternVL2's MLP projector, r = 0.5: 16 tokens/tile), `pvtc-r0.5`,
   `pvtc-r0.25` (4 tokens/tile), `mlp-r0.25` (the naive cut: pixel shuffle 4x4), `pvtc-lvtc`
   (PVTC r = 0.5 + LVTC K = 6, stride 2: 4 tokens/tile in layers 0-5, 16 in layers 6-7);
@@ -41,9 +41,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = {"low": ROOT / "data" / "synth-demo", "mixed": ROOT / "data" / "synth-mixed"}
+DATA = {"low": ROOT / "data" / "synth-simple", "mixed": ROOT / "data" / "synth-mixed"}
 DATA_CMD = {
-    "low": "internvlx data synth --out data/synth-demo --n 20000 --seed 0 --test-fraction 0.05",
+    "low": "internvlx data synth --out data/synth-simple --n 20000 --seed 0 --test-fraction 0.05 --resolution simple",
     "mixed": "internvlx data synth --out data/synth-mixed --n 8000 --seed 0 --test-fraction 0.05 --resolution mixed",
 }
 RUNS = ROOT / "runs" / "table"
@@ -227,6 +227,14 @@ def load_results() -> dict[str, list[dict]]:
     return {name: grouped[name] for name in VARIANTS if name in grouped}
 
 
+def _budget(grouped: dict[str, list[dict]], set_name: str) -> str:
+    runs = [r for name, rs in grouped.items() if VARIANTS[name]["set"] == set_name for r in rs if "steps" in r]
+    budgets = sorted({(r["steps"], r["batch_size"]) for r in runs})
+    if not budgets:
+        return "No finished runs."
+    return "Training budget: " + ", ".join(f"{s} steps x {b} samples" for s, b in budgets) + " per run."
+
+
 def _train_speed(runs: list[dict]) -> str:
     speeds = [r["train_samples_per_s"] for r in runs if r["train_samples_per_s"] is not None]
     return f"{statistics.mean(speeds):.1f}" if speeds else "not trained"
@@ -293,17 +301,21 @@ def cmd_report(args) -> None:
         "",
         "Produced by `python benchmarks/compression_table.py run && python benchmarks/compression_table.py report` "
         f"on {machine} ({time.strftime('%Y-%m-%d')}). Every row is trained from random initialisation with the "
-        f"project's trainer for {any_run['steps']} steps of {any_run.get('batch_size', 8)} samples (same data order, learning rates and seeds "
-        "for every variant), then evaluated on the held-out synthetic split with `internvlx.evaluation` "
+        f"project's trainer (same data order, learning rates, steps and seeds "
+        "for every variant of a section), then evaluated on the held-out synthetic split with `internvlx.evaluation` "
         f"({any_run['count']} samples, exact match). Accuracy is the mean over seeds ± half the range.",
         "",
         "Data: " + "; ".join(f"`{c}`" for c in DATA_CMD.values()) + ".",
         "",
-        "## Projector and LLM compression (low-resolution set, one 112-px tile per image)",
+        "## Projector and LLM compression (simple set, 224-448 px, one 112-px tile per image)",
+        "",
+        _budget(grouped, "low"),
         "",
         table(grouped, "low"),
         "",
         "## Tiling: stock vs RVTC (mixed-resolution set, 112-320 px, up to 6 tiles + thumbnail)",
+        "",
+        _budget(grouped, "mixed"),
         "",
         table(grouped, "mixed"),
         "",

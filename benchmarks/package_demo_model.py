@@ -78,7 +78,7 @@ python benchmarks/package_demo_model.py --run runs/demo --eval eval_results/demo
 Training: {summary.get('steps')} steps, final logged loss {losses[-1]['loss'] if losses else 'n/a'},
 mean training loss {summary.get('train_loss'):.3f}, {summary.get('train_samples_per_second')} samples/s,
 {runtime} s wall time on {platform.processor() or platform.machine()} (2 CPU cores, float32,
-shared with other jobs while it ran). Recorded command: {cmd}.
+shared with other jobs while it ran).{f' Recorded command: {cmd}.' if cmd else ''}
 
 ## Held-out accuracy (synthetic test split, exact match)
 
@@ -101,6 +101,8 @@ def main() -> None:
     ap.add_argument("--eval", type=Path, default=Path("eval_results/demo/summary.json"))
     ap.add_argument("--data", type=Path, default=Path("data/synth-demo"))
     ap.add_argument("--out", type=Path, default=Path("models/internvlx-demo"))
+    ap.add_argument("--note", type=Path, default=None,
+                    help="markdown appended to the model card (the interpretation of the numbers)")
     args = ap.parse_args()
     model = InternVLXForConditionalGeneration.from_pretrained(args.run / "final").to(torch.bfloat16)
     processor = InternVLXProcessor.from_pretrained(args.run / "final")
@@ -117,6 +119,8 @@ def main() -> None:
     summary = json.loads((args.run / "train_summary.json").read_text())
     evaluation = json.loads(args.eval.read_text())
     card = model_card(args.run, summary, evaluation, size, sum(p.numel() for p in model.parameters()), model.config)
+    if args.note is not None:
+        card += "\n" + args.note.read_text().strip() + "\n"
     (args.out / "README.md").write_text(card)
     print(card)
 

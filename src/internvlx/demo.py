@@ -66,6 +66,10 @@ def baseline_for(config: InternVLXConfig) -> InternVLXConfig:
     return InternVLXConfig.from_dict(spec)
 
 
+def _tiles(n: int) -> str:
+    return f"{n} tile" if n == 1 else f"{n} tiles"
+
+
 def image_accounting(width: int, height: int, config: InternVLXConfig, text_tokens: int = 24) -> str:
     """Two lines: this image under the demo model vs its InternVL2-style baseline, and what the
     same image costs the full-size InternVL-X-2B vs InternVL2-2B (448-px tiles)."""
@@ -80,8 +84,8 @@ def image_accounting(width: int, height: int, config: InternVLXConfig, text_toke
     big_2, fb_2 = cost(FULL_SIZE[FULL_BASE][0], **FULL_SIZE[FULL_BASE][1])
 
     def line(label: str, c, f, label_b: str, cb, fb) -> str:
-        return (f"  {label}: {c.tiles} tiles, {c.llm_input_tokens} visual tokens in, {c.mean_per_layer:.0f}/layer, "
-                f"LLM prefill {human_number(f.llm)}FLOPs | {label_b}: {cb.tiles} tiles, {cb.llm_input_tokens} "
+        return (f"  {label}: {_tiles(c.tiles)}, {c.llm_input_tokens} visual tokens in, {c.mean_per_layer:.0f}/layer, "
+                f"LLM prefill {human_number(f.llm)}FLOPs | {label_b}: {_tiles(cb.tiles)}, {cb.llm_input_tokens} "
                 f"tokens, {human_number(fb.llm)}FLOPs -> {f.llm / fb.llm:.2f}x LLM, {f.total / fb.total:.2f}x "
                 "with ViT")
 
