@@ -114,12 +114,26 @@ def prefill_seconds(model, processor, samples, tiling: dict, repeats: int = 5) -
     return statistics.median(times[1:])
 
 
+def mean_prefill_flops(config, processor, predictions: Path) -> tuple[float, float]:
+    """Analytic prefill FLOPs (total, LLM) averaged over the evaluated image samples, each at its
+    own tile count and prompt length."""
+    from internvlx.accounting import prefill_flops
+
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    reports = []
+    for r in rows:
+        if not r["tiles"]:
+            continue
+        text = len(processor.tokenizer(r["question"])["input_ids"])
+        reports.append(prefill_flops(config, [r["tiles"]], text))
+    return statistics.mean(f.total for f in reports), statistics.mean(f.llm for f in reports)
+
+
 def evaluate_run(name: str, seed: int, out: Path, limit: int) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from internvlx.accounting import prefill_flops
-    from internvlx.evaluation import evaluate, get_task
+    from internvlx.evaluation import evaluate, get_task, sync_processor
     from internvlx.modeling import InternVLXForConditionalGeneration
     from internvlx.processing import InternVLXProcessor
 
@@ -129,17 +143,13 @@ def evaluate_run(name: str, seed: int, out: Path, limit: int) -> dict:
     processor = InternVLXProcessor.from_pretrained(trained / "final")
     if "reuse" in v and v["lvtc"] and not model.config.lvtc.enabled:
         model.configure_lvtc(True)
+    processor = sync_processor(model, processor)  # prompts sized for the (possibly switched) LVTC
     tiling = {"policy": v["tiling"].get("policy", "length"), "max_tiles": v["tiling"]["max_tiles"]}
     test = DATA[v["set"]] / "test.jsonl"
     with torch.no_grad():
         summary = evaluate(model, processor, "synth", test, limit=limit, batch_size=16, out_dir=out / "eval",
                            progress=False, **tiling)
-    rows = [json.loads(line) for line in (out / "eval" / "predictions.jsonl").read_text().splitlines()]
-    image_rows = [r for r in rows if r["tiles"]]
-    tiles = statistics.mean(r["tiles"] for r in image_rows)
-    text_tokens = statistics.mean(
-        len(processor.tokenizer(r["question"])["input_ids"]) for r in image_rows[:200])
-    flops = prefill_flops(model.config, [round(tiles)], round(text_tokens))
+    flops_total, flops_llm = mean_prefill_flops(model.config, processor, out / "eval" / "predictions.jsonl")
     samples = [s for s in get_task("synth").reader(test) if s.images][:8]
     train = json.loads((trained / "train_summary.json").read_text())
     return {
@@ -150,7 +160,7 @@ def evaluate_run(name: str, seed: int, out: Path, limit: int) -> dict:
         "tokens_llm_input": summary["visual_tokens"]["llm_input_mean"],
         "tokens_mean_per_layer": summary["visual_tokens"]["mean_per_layer"],
         "tiles_mean": summary["visual_tokens"]["tiles_mean"],
-        "flops_prefill": flops.total, "flops_llm": flops.llm,
+        "flops_prefill": flops_total, "flops_llm": flops_llm,
         "prefill_ms_batch8": 1000 * prefill_seconds(model, processor, samples, tiling),
         "train_samples_per_s": None if "reuse" in v else train["train_samples_per_second"],
         "train_loss": train["train_loss"], "steps": train["steps"],
@@ -201,6 +211,24 @@ def cmd_run(args) -> None:
         for r in pool.map(lambda j: run_one(j[0], j[1], args.steps, args.limit, args.batch_size), jobs):
             print(f"  {r['variant']} seed {r['seed']}: accuracy {r['score']:.3f}, "
                   f"{r['tokens_llm_input']:.1f} visual tokens", flush=True)
+
+
+def cmd_refresh_flops(args) -> None:
+    """Recompute the FLOPs columns of finished runs from their predictions (no model is run)."""
+    from internvlx.configuration import InternVLXConfig
+    from internvlx.processing import InternVLXProcessor
+
+    for f in sorted(RUNS.glob("*/result.json")):
+        r = json.loads(f.read_text())
+        v = VARIANTS[r["variant"]]
+        trained = RUNS / f"{v['reuse']}-s{r['seed']}" if "reuse" in v else f.parent
+        config = InternVLXConfig.from_pretrained(trained / "final")
+        if "reuse" in v and v["lvtc"]:
+            config.lvtc = {**vars(config.lvtc), "enabled": True}
+        processor = InternVLXProcessor.from_pretrained(trained / "final")  # only its tokenizer is used
+        r["flops_prefill"], r["flops_llm"] = mean_prefill_flops(config, processor, f.parent / "eval" / "predictions.jsonl")
+        f.write_text(json.dumps(r, indent=2))
+        print(f"{f.parent.name}: {r['flops_prefill'] / 1e9:.3f} GFLOPs")
 
 
 def cmd_evaluate(args) -> None:
@@ -323,7 +351,7 @@ def cmd_report(args) -> None:
         "",
         "Columns: *visual tokens (LLM input)* are the `<IMG_CONTEXT>` slots per test sample; *tokens / layer* is "
         "their mean over LLM layers (LVTC's shallow layers see 4x fewer); *prefill FLOPs* are analytic "
-        "(ViT + projector + LLM) for the mean tile count and prompt length; *prefill ms* is the median of 5 "
+        "(ViT + projector + LLM), averaged over the evaluated samples at their own tile counts and prompt lengths; *prefill ms* is the median of 5 "
         "forward passes over the same 8 test prompts, one thread; *train samples/s* is the trainer's own figure "
         "(two jobs ran side by side, so compare rows, not absolute values). The per-type columns are accuracy "
         "% for colour, shape, count, position and text questions.",
@@ -352,6 +380,8 @@ def main() -> None:
     e.add_argument("seed")
     e.add_argument("--limit", type=int, default=400)
     e.set_defaults(func=cmd_evaluate)
+    f = sub.add_parser("refresh-flops", help="recompute the FLOPs of finished runs from their predictions")
+    f.set_defaults(func=cmd_refresh_flops)
     p = sub.add_parser("report", help="write docs/results.md and the plot from the finished runs")
     p.add_argument("--notes", default=str(ROOT / "benchmarks" / "compression_table_notes.md"),
                    help="markdown appended to the report (the interpretation)")
