@@ -40,6 +40,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = {"low": ROOT / "data" / "synth-simple", "mixed": ROOT / "data" / "synth-mixed"}
 DATA_CMD = {
@@ -118,8 +120,9 @@ def mean_prefill_flops(config, processor, predictions: Path) -> tuple[float, flo
     """Analytic prefill FLOPs (total, LLM) averaged over the evaluated image samples, each at its
     own tile count and prompt length."""
     from internvlx.accounting import prefill_flops
+    from internvlx.evaluation import read_predictions
 
-    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    rows = read_predictions(predictions)
     reports = []
     for r in rows:
         if not r["tiles"]:
@@ -164,7 +167,7 @@ def evaluate_run(name: str, seed: int, out: Path, limit: int) -> dict:
         "prefill_ms_batch8": 1000 * prefill_seconds(model, processor, samples, tiling),
         "train_samples_per_s": None if "reuse" in v else train["train_samples_per_second"],
         "train_loss": train["train_loss"], "steps": train["steps"],
-        "batch_size": __import__("yaml").safe_load((trained / "run.yaml").read_text())["train"]["batch_size"],
+        "batch_size": yaml.safe_load((trained / "run.yaml").read_text())["train"]["batch_size"],
     }
 
 
@@ -179,8 +182,6 @@ def run_one(name: str, seed: int, steps: int, limit: int, batch_size: int) -> di
             raise SystemExit(f"{name} evaluates the {reuse} seed {seed} checkpoint: run that variant first")
         out.mkdir(parents=True, exist_ok=True)
     elif not (out / "final" / "model.safetensors").exists():
-        import yaml
-
         out.mkdir(parents=True, exist_ok=True)
         cfg_path = out / "run.yaml"
         cfg_path.write_text(yaml.safe_dump(run_config(name, seed, steps, out, batch_size), sort_keys=False))

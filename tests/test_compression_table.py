@@ -73,3 +73,12 @@ def test_report_table_averages_seeds_and_compares_flops_with_the_first_row(table
 def test_mean_spread_of_one_seed_has_no_spread(table):
     assert table._mean_spread([0.25]) == "25.0"
     assert table._mean_spread([]) == "n/a"
+
+
+def test_committed_results_page_states_command_machine_and_plot(table):
+    page = table.DOC.read_text()
+    assert "python benchmarks/compression_table.py run" in page and "CPU cores" in page
+    assert f"img/{table.PLOT.name}" in page and table.PLOT.exists()
+    for name in ("internvl2-mlp", "pvtc-r0.5", "pvtc-r0.25", "mlp-r0.25", "pvtc-lvtc",
+                 "rvtc-stock", "rvtc-length", "rvtc-area"):
+        assert table.VARIANTS[name]["label"] in page  # every required row was run and reported
