@@ -359,6 +359,26 @@ def test_simple_scenes_have_plain_backgrounds_and_few_objects():
             assert len(scene.objects) <= limit
 
 
+def test_easy_scenes_are_simple_scenes_on_grey_with_larger_objects():
+    from internvlx.synth import EASY_BACKGROUND
+
+    opts = SynthOptions(resolution="easy", seed=3)
+    for index in range(80):
+        sample = generate_sample(index, "train", opts)
+        for scene in sample.scenes:
+            assert scene.background.kind == "plain" and scene.background.colour == EASY_BACKGROUND
+            assert 112 <= min(scene.width, scene.height) and max(scene.width, scene.height) <= 224
+            limit = {"count": 5, "compare": 7}.get(sample.turns[0].qtype, 3)
+            assert len(scene.objects) <= limit
+            pixels = np.asarray(render_scene(scene))
+            assert pixels.shape == (scene.height, scene.width, 3)
+            assert tuple(pixels[0, 0]) == EASY_BACKGROUND  # layouts keep a margin
+    # objects are drawn at 22-32 % of the short side (a layout may shrink them to fit)
+    sizes = [o.size / min(s.width, s.height) for i in range(60)
+             for s in generate_sample(i, "train", opts).scenes for o in s.objects]
+    assert max(sizes) > 0.25 and np.median(sizes) > 0.15
+
+
 def test_low_resolution_sizes():
     opts = SynthOptions(resolution="low", seed=1)
     for index in range(40):

@@ -156,8 +156,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s = data.add_parser("synth", help="generate the synthetic visual-QA dataset (no download)")
     s.add_argument("--out", required=True)
     s.add_argument("--n", type=int, required=True, help="number of samples (train + test)")
-    s.add_argument("--resolution", choices=["low", "high", "mixed", "simple"], default="low",
-                   help="low: 224-448 px; high: 900-2000 px, small objects; mixed: 112-320 px (RVTC experiment); simple: low with plain backgrounds and at most one distractor")
+    s.add_argument("--resolution", choices=["low", "high", "mixed", "simple", "easy"], default="low",
+                   help="low: 224-448 px; high: 900-2000 px, small objects; mixed: 112-320 px (RVTC experiment); simple: low with plain backgrounds and at most one distractor; easy: simple on 112-224 px grey canvases with larger objects (the demo model's data)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--test-fraction", type=float, default=0.1)
     s.add_argument("--caption-fraction", type=float, default=0.15, help="1.0: caption-only (stage-1) data")

@@ -9,8 +9,11 @@ The ``"mixed"`` resolution draws ``"low"``-style scenes on 112-320 px canvases: 
 next to medium ones, where RVTC's tile caps differ from stock tiling at 112-px tiles (the
 miniature RVTC experiment in ``benchmarks/compression_table.py``).
 The ``"simple"`` resolution is ``"low"`` with plain backgrounds, at most one distractor and
-counts up to 4 (plus a distractor): scenes a model trained from scratch on a CPU in minutes can learn (the
-shipped demo model and the compression table train on it).
+counts up to 4 (plus a distractor). The ``"easy"`` resolution is ``"simple"`` on small
+(112-224 px) canvases with a fixed mid-grey background and larger objects: a randomly
+coloured background makes "which colour is the object" a figure-ground problem that a model
+trained from scratch on a CPU does not solve in a few thousand steps, while on grey it does
+(the shipped demo model and the compression table train on ``"easy"``).
 
 Layout written by :func:`generate_synthetic` into ``out_dir``::
 
@@ -99,9 +102,14 @@ WORDS = (
     "road", "rose", "ship", "shoe", "snow", "stone", "sun", "table", "tree", "water",
 )  # fmt: skip
 
-RESOLUTIONS = ("low", "high", "mixed", "simple")
+RESOLUTIONS = ("low", "high", "mixed", "simple", "easy")
+#: Resolutions with plain backgrounds, at most one distractor and counts up to 4.
+_SIMPLE = ("simple", "easy")
+#: The fixed background of ``"easy"`` scenes (far from every colour in :data:`COLOURS`).
+EASY_BACKGROUND: RGB = (128, 128, 128)
 #: Canvas side range per resolution ("mixed": small and medium images for the RVTC experiment).
-CANVAS_SIDES = {"low": (224, 448), "high": (900, 2000), "mixed": (112, 320), "simple": (224, 448)}
+CANVAS_SIDES = {"low": (224, 448), "high": (900, 2000), "mixed": (112, 320), "simple": (224, 448),
+                "easy": (112, 224)}
 SPLITS = ("train", "test")
 #: Question types asked about one image (and usable as follow-ups in multi-turn records).
 IMAGE_QTYPES = ("colour", "shape", "count", "position", "text")
@@ -466,7 +474,9 @@ def _pick_background(rng: np.random.Generator, colours: list[RGB], resolution: s
     def contrast(c: Sequence[float]) -> float:
         return min((math.dist(c, o) for o in colours), default=255.0)
 
-    kind = "plain" if resolution == "simple" else _pick(rng, BACKGROUNDS)
+    if resolution == "easy":
+        return Background("plain", EASY_BACKGROUND, EASY_BACKGROUND, "horizontal", 0, 2, 0)
+    kind = "plain" if resolution in _SIMPLE else _pick(rng, BACKGROUNDS)
     best, best_contrast = None, -1.0
     for _ in range(40):
         cand = tuple(int(v) for v in rng.integers(35, 221, size=3))
@@ -507,7 +517,10 @@ def _build_scene(
     """
     width, height = _canvas_size(rng, resolution)
     min_side = min(width, height)
-    if resolution != "high":  # object and font sizes relative to the canvas
+    if resolution == "easy":  # larger objects and words
+        sizes = [min_side * float(rng.uniform(0.22, 0.32)) for _ in items]
+        font_size = min_side * float(rng.uniform(0.14, 0.2))
+    elif resolution != "high":  # object and font sizes relative to the canvas
         sizes = [min_side * float(rng.uniform(0.12, 0.22)) for _ in items]
         font_size = min_side * float(rng.uniform(0.09, 0.16))
     else:
@@ -543,7 +556,7 @@ def _distractors(
 
 
 def _n_distractors(rng: np.random.Generator, resolution: str) -> int:
-    return int(rng.integers(0, {"high": 6, "simple": 2}.get(resolution, 4)))
+    return int(rng.integers(0, {"high": 6, "simple": 2, "easy": 2}.get(resolution, 4)))
 
 
 # --------------------------------------------------------------------------- questions
@@ -681,7 +694,7 @@ def _build_shape(rng, res):
 
 
 def _build_count(rng, res):
-    k = int(rng.integers(1, 5 if res == "simple" else 7))
+    k = int(rng.integers(1, 5 if res in _SIMPLE else 7))
     mode = _pick(rng, ("shape", "colour", "total"))
     target = None
     if mode == "shape":
@@ -706,13 +719,13 @@ def _build_position(rng, res):
     axis = _pick(rng, ("x", "y"))
     rel = _pick(rng, ("left", "right") if axis == "x" else ("above", "below"))
     items = _distractors(rng, 2, [])  # items[1] is placed `rel` of items[0]
-    items += _distractors(rng, int(rng.integers(0, 2 if res == "simple" else 3)), items)
+    items += _distractors(rng, int(rng.integers(0, 2 if res in _SIMPLE else 3)), items)
     scene = _build_scene(rng, res, items, constraints=[(1, 0, rel)])
     return scene, _ask_position(rng, scene, (1, 0, axis))
 
 
 def _build_text(rng, res):
-    items = _distractors(rng, int(rng.integers(0, 2 if res == "simple" else 4)), [])
+    items = _distractors(rng, int(rng.integers(0, 2 if res in _SIMPLE else 4)), [])
     scene = _build_scene(
         rng, res, items, word=_pick(rng, WORDS), text_colour=_pick(rng, tuple(COLOURS))
     )
