@@ -43,12 +43,17 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = {"low": ROOT / "data" / "synth-simple", "mixed": ROOT / "data" / "synth-mixed"}
+DATA = {"low": ROOT / "data" / "synth-easy", "mixed": ROOT / "data" / "synth-mixed"}
 DATA_CMD = {
-    "low": "internvlx data synth --out data/synth-simple --n 20000 --seed 0 --test-fraction 0.05 --resolution simple",
+    "low": "internvlx data synth --out data/synth-easy --n 64000 --seed 0 --test-fraction 0.03125 --resolution easy",
     "mixed": "internvlx data synth --out data/synth-mixed --n 8000 --seed 0 --test-fraction 0.05 --resolution mixed",
 }
-RUNS = ROOT / "runs" / "table"
+RUNS = ROOT / "runs" / "table"  # `--runs` changes it
+#: Learning rates of a sweep from random initialisation, and of one that starts from a trained
+#: model (`--init`: its ViT and LLM are kept, the projector starts afresh, as InternVL-X does
+#: with InternVL2's weights).
+LR_SCRATCH = {"lr": 1e-3, "lr_vision": 3e-3, "lr_projector": 3e-3}
+LR_FINETUNE = {"lr": 3e-4, "lr_vision": 3e-4, "lr_projector": 3e-3, "lr_lvtc": 3e-3}
 DOC = ROOT / "docs" / "results.md"
 PLOT = ROOT / "docs" / "img" / "results_accuracy_vs_tokens.png"
 QTYPES = ("colour", "shape", "count", "position", "text", "caption", "compare", "arith", "word")
@@ -79,16 +84,24 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def run_config(name: str, seed: int, steps: int, out: Path, batch_size: int = 16) -> dict:
+def run_config(name: str, seed: int, steps: int, out: Path, batch_size: int = 16, init: str | None = None) -> dict:
+    """The `internvlx train` config of one run: from random initialisation (the `demo` preset),
+    or, with `init`, from a trained model directory whose ViT and LLM are kept while the
+    projector (and LVTC) of the projector/LLM variants start afresh; the tiling variants keep
+    the whole model and change only how images are tiled."""
     v = VARIANTS[name]
+    model = {"init": "preset:demo", "tokenizer": "bpe:1024", "system_message": "",
+             "config_overrides": {"projector": v["projector"], "lvtc": {"enabled": v["lvtc"]}}}
+    if init is not None:
+        model = {"init": str(init), "system_message": "", "config_overrides": model["config_overrides"],
+                 "reinit": ["projector", "lvtc"] if v["set"] == "low" else []}
     return {
         "output_dir": str(out),
-        "model": {"init": "preset:demo", "tokenizer": "bpe:1024", "system_message": "",
-                  "config_overrides": {"projector": v["projector"], "lvtc": {"enabled": v["lvtc"]}}},
+        "model": model,
         "data": {"meta": str(DATA[v["set"]] / "meta_train.json"), "max_seq_length": 512,
                  "tiling": {"policy": "length", **v["tiling"]}},
         "stage": "scratch",
-        "optim": {"lr": 1e-3, "lr_vision": 3e-3, "lr_projector": 3e-3, "warmup_ratio": 0.05,
+        "optim": {**(LR_SCRATCH if init is None else LR_FINETUNE), "warmup_ratio": 0.05,
                   "weight_decay": 0.01, "scheduler": "cosine"},
         "train": {"max_steps": steps, "batch_size": batch_size, "logging_steps": 25, "save_steps": 10**9, "seed": seed,
                   "group_by_length": False, "num_threads": 1, "report_to": [], "disable_tqdm": True},
@@ -171,7 +184,7 @@ def evaluate_run(name: str, seed: int, out: Path, limit: int) -> dict:
     }
 
 
-def run_one(name: str, seed: int, steps: int, limit: int, batch_size: int) -> dict:
+def run_one(name: str, seed: int, steps: int, limit: int, batch_size: int, init: str | None = None) -> dict:
     out = RUNS / f"{name}-s{seed}"
     result_file = out / "result.json"
     if result_file.exists():
@@ -184,7 +197,7 @@ def run_one(name: str, seed: int, steps: int, limit: int, batch_size: int) -> di
     elif not (out / "final" / "model.safetensors").exists():
         out.mkdir(parents=True, exist_ok=True)
         cfg_path = out / "run.yaml"
-        cfg_path.write_text(yaml.safe_dump(run_config(name, seed, steps, out, batch_size), sort_keys=False))
+        cfg_path.write_text(yaml.safe_dump(run_config(name, seed, steps, out, batch_size, init), sort_keys=False))
         log = (out / "train.log").open("w")
         print(f"[{time.strftime('%H:%M:%S')}] train {name} seed {seed} ({steps} steps)", flush=True)
         code = subprocess.call([sys.executable, "-m", "internvlx.cli", "train", str(cfg_path)],
@@ -193,7 +206,8 @@ def run_one(name: str, seed: int, steps: int, limit: int, batch_size: int) -> di
         if code:
             raise SystemExit(f"training {name} seed {seed} failed (exit {code}); see {out / 'train.log'}")
     print(f"[{time.strftime('%H:%M:%S')}] evaluate {name} seed {seed}", flush=True)
-    code = subprocess.call([sys.executable, __file__, "_evaluate", name, str(seed), "--limit", str(limit)],
+    code = subprocess.call([sys.executable, __file__, "_evaluate", name, str(seed), "--limit", str(limit),
+                            "--runs", str(RUNS)],
                            cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if code:
         raise SystemExit(f"evaluating {name} seed {seed} failed (exit {code})")
@@ -207,11 +221,16 @@ def cmd_run(args) -> None:
         data = DATA[VARIANTS[name]["set"]]
         if not (data / "meta_train.json").exists():
             raise SystemExit(f"{data} is missing; generate it with:\n  {DATA_CMD[VARIANTS[name]['set']]}")
-    jobs = [(name, seed) for seed in args.seeds for name in args.variants]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        for r in pool.map(lambda j: run_one(j[0], j[1], args.steps, args.limit, args.batch_size), jobs):
-            print(f"  {r['variant']} seed {r['seed']}: accuracy {r['score']:.3f}, "
-                  f"{r['tokens_llm_input']:.1f} visual tokens", flush=True)
+    if args.init is not None and not (Path(args.init) / "config.json").exists():
+        raise SystemExit(f"--init {args.init} is not a model directory (no config.json)")
+    # checkpoints evaluated a second way (`reuse`) come after the runs that train them
+    for reusing in (False, True):
+        jobs = [(name, seed) for seed in args.seeds for name in args.variants
+                if ("reuse" in VARIANTS[name]) == reusing]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for r in pool.map(lambda j: run_one(j[0], j[1], args.steps, args.limit, args.batch_size, args.init), jobs):
+                print(f"  {r['variant']} seed {r['seed']}: accuracy {r['score']:.3f}, "
+                      f"{r['tokens_llm_input']:.1f} visual tokens", flush=True)
 
 
 def cmd_refresh_flops(args) -> None:
@@ -318,6 +337,18 @@ def plot(grouped: dict[str, list[dict]]) -> None:
     fig.savefig(PLOT, dpi=120)
 
 
+def _protocol() -> str:
+    """How the sweep in RUNS started, from the run configs it wrote."""
+    inits = {yaml.safe_load(f.read_text())["model"]["init"] for f in RUNS.glob("*/run.yaml")}
+    if inits <= {"preset:demo"}:
+        return "Every run starts from random initialisation (the `demo` preset)."
+    names = ", ".join(f"`{Path(i).relative_to(ROOT) if Path(i).is_absolute() and Path(i).is_relative_to(ROOT) else i}`"
+                      for i in sorted(inits))
+    return (f"Every run starts from the trained model {names} (`run --init`), as InternVL-X starts from "
+            "InternVL2's weights: the projector/LLM variants keep its ViT and LLM and train a fresh projector "
+            "(and fresh LVTC modules); the tiling variants keep the whole model and change only the tiling.")
+
+
 def cmd_report(args) -> None:
     grouped = load_results()
     if not grouped:
@@ -329,14 +360,14 @@ def cmd_report(args) -> None:
         "# Compression vs accuracy, in miniature",
         "",
         "Produced by `python benchmarks/compression_table.py run && python benchmarks/compression_table.py report` "
-        f"on {machine} ({time.strftime('%Y-%m-%d')}). Every row is trained from random initialisation with the "
+        f"on {machine} ({time.strftime('%Y-%m-%d')}). {_protocol()} Every row is trained with the "
         f"project's trainer (same data order, learning rates, steps and seeds "
         "for every variant of a section), then evaluated on the held-out synthetic split with `internvlx.evaluation` "
         f"({any_run['count']} samples, exact match). Accuracy is the mean over seeds ± half the range.",
         "",
         "Data: " + "; ".join(f"`{c}`" for c in DATA_CMD.values()) + ".",
         "",
-        "## Projector and LLM compression (simple set, 224-448 px, one 112-px tile per image)",
+        "## Projector and LLM compression (easy set, 112-224 px, one 112-px tile per image)",
         "",
         _budget(grouped, "low"),
         "",
@@ -375,6 +406,9 @@ def main() -> None:
     r.add_argument("--batch-size", type=int, default=8)
     r.add_argument("--limit", type=int, default=400, help="held-out samples to evaluate")
     r.add_argument("--jobs", type=int, default=2, help="runs side by side (one thread each)")
+    r.add_argument("--init", default=None,
+                   help="start every run from this trained model directory (ViT and LLM kept; the projector "
+                        "variants get a fresh projector) instead of random initialisation")
     r.set_defaults(func=cmd_run)
     e = sub.add_parser("_evaluate")
     e.add_argument("name")
@@ -387,8 +421,16 @@ def main() -> None:
     p.add_argument("--notes", default=str(ROOT / "benchmarks" / "compression_table_notes.md"),
                    help="markdown appended to the report (the interpretation)")
     p.set_defaults(func=cmd_report)
+    for parser in (r, e, f, p):
+        parser.add_argument("--runs", type=Path, default=RUNS, help="folder holding the runs of this sweep")
     args = ap.parse_args()
+    _set_runs(args.runs)
     args.func(args)
+
+
+def _set_runs(path: Path) -> None:
+    global RUNS
+    RUNS = Path(path).resolve()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Package a trained run as the shipped demo model (`models/internvlx-demo/`).
 
     python benchmarks/package_demo_model.py --run runs/demo --eval eval_results/demo/summary.json \
-        --data data/synth-demo --out models/internvlx-demo
+        --data data/synth-easy --out models/internvlx-demo --note benchmarks/notes/demo_model_card_note.md
 
 Casts the weights to bfloat16, saves model + tokenizer + processor, copies a handful of
 held-out synthetic scenes with questions for `make demo`, and writes the model card from the
@@ -43,7 +43,22 @@ def pick_demo_images(data: Path, out: Path, per_type: int = 1) -> list[str]:
     return names
 
 
-def model_card(run: Path, summary: dict, evaluation: dict, size_bytes: int, n_params: int, config) -> str:
+def synth_command(data: Path) -> str:
+    """The `internvlx data synth` call that regenerates `data`, from its own stats.json."""
+    stats = json.loads((data / "stats.json").read_text())
+    n = stats["train"]["n"] + stats["test"]["n"]
+    return (f"internvlx data synth --out {data} --n {n} --seed {stats['seed']} "
+            f"--test-fraction {stats['test_fraction']:g} --resolution {stats['resolution']}")
+
+
+def tiling_text(tiling) -> str:
+    if tiling.max_tiles == 1:
+        return f"RVTC `{tiling.policy}` capped at one tile per image"
+    return f"RVTC `{tiling.policy}`, up to {tiling.max_tiles} tiles{' + thumbnail' if tiling.thumbnail else ''}"
+
+
+def model_card(run: Path, summary: dict, evaluation: dict, size_bytes: int, n_params: int, config,
+               data: Path, limit: int | None = None) -> str:
     cmd = json.loads((run / "command.json").read_text()) if (run / "command.json").exists() else None
     rows = "\n".join(
         f"| {q} | {v['count']} | {v['score']:.3f} |"
@@ -63,16 +78,16 @@ show the pipeline working end to end offline; it knows nothing but the synthetic
   {config.tokens_per_tile} tokens per tile) → Llama-style LLM
   {config.text_config.num_hidden_layers}x{config.text_config.hidden_size} with LVTC (expand at layer
   {config.lvtc_expand_layer}, stride {config.lvtc.stride}: {config.input_tokens_per_tile} tokens per tile in the shallow layers);
-  tiling: RVTC `{config.tiling.policy}`, up to {config.tiling.max_tiles} tiles + thumbnail.
+  tiling: {tiling_text(config.tiling)}.
 * Tokenizer: byte-level BPE ({config.text_config.vocab_size} tokens) trained on the training conversations.
 
 ## How it was trained
 
 ```bash
-internvlx data synth --out data/synth-demo --n 20000 --seed 0 --test-fraction 0.05
+{synth_command(data)}
 internvlx train configs/demo.yaml
-internvlx eval runs/demo/final --task synth --data data/synth-demo/test.jsonl --batch-size 16 --out eval_results/demo
-python benchmarks/package_demo_model.py --run runs/demo --eval eval_results/demo/summary.json --data data/synth-demo
+internvlx eval runs/demo/final --task synth --data {data}/test.jsonl{f' --limit {limit}' if limit else ''} --batch-size 16 --out eval_results/demo
+python benchmarks/package_demo_model.py --run runs/demo --eval eval_results/demo/summary.json --data {data} --note NOTE.md
 ```
 
 Training: {summary.get('steps')} steps, final logged loss {losses[-1]['loss'] if losses else 'n/a'},
@@ -99,7 +114,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--run", type=Path, default=Path("runs/demo"))
     ap.add_argument("--eval", type=Path, default=Path("eval_results/demo/summary.json"))
-    ap.add_argument("--data", type=Path, default=Path("data/synth-demo"))
+    ap.add_argument("--data", type=Path, default=Path("data/synth-easy"))
     ap.add_argument("--out", type=Path, default=Path("models/internvlx-demo"))
     ap.add_argument("--note", type=Path, default=None,
                     help="markdown appended to the model card (the interpretation of the numbers)")
@@ -118,7 +133,10 @@ def main() -> None:
     size = sum(f.stat().st_size for f in args.out.glob("*.safetensors"))
     summary = json.loads((args.run / "train_summary.json").read_text())
     evaluation = json.loads(args.eval.read_text())
-    card = model_card(args.run, summary, evaluation, size, sum(p.numel() for p in model.parameters()), model.config)
+    n_test = sum(1 for _ in iter_jsonl(args.data / "test.jsonl"))
+    limit = evaluation.get("count") if evaluation.get("count", n_test) < n_test else None
+    card = model_card(args.run, summary, evaluation, size, sum(p.numel() for p in model.parameters()), model.config,
+                      args.data, limit)
     if args.note is not None:
         card += "\n" + args.note.read_text().strip() + "\n"
     (args.out / "README.md").write_text(card)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from internvlx import InternVLXForConditionalGeneration
 from internvlx.configuration import InternVLXConfig
 from internvlx.train import RunConfig
 
@@ -82,3 +83,34 @@ def test_committed_results_page_states_command_machine_and_plot(table):
     for name in ("internvl2-mlp", "pvtc-r0.5", "pvtc-r0.25", "mlp-r0.25", "pvtc-lvtc",
                  "rvtc-stock", "rvtc-length", "rvtc-area"):
         assert table.VARIANTS[name]["label"] in page  # every required row was run and reported
+
+
+def test_init_sweep_keeps_vit_and_llm_and_restarts_the_projector(table, tmp_path):
+    """`run --init DIR`: projector/LLM variants re-initialise projector and LVTC; tiling variants
+    keep the whole trained model; every row still shares optimisation and data order."""
+    configs = {name: table.run_config(name, 0, 100, tmp_path, init="models/internvlx-demo") for name in table.VARIANTS}
+    for name, raw in configs.items():
+        cfg = RunConfig.from_dict(raw)
+        assert cfg.model["init"] == "models/internvlx-demo" and "tokenizer" not in cfg.model
+        assert cfg.model["reinit"] == (["projector", "lvtc"] if table.VARIANTS[name]["set"] == "low" else [])
+        assert cfg.optim == configs["pvtc-r0.5"]["optim"] and cfg.optim["lr"] < table.LR_SCRATCH["lr"]
+    scratch = table.run_config("pvtc-r0.5", 0, 100, tmp_path)
+    assert scratch["model"]["init"] == "preset:demo" and scratch["optim"]["lr"] == table.LR_SCRATCH["lr"]
+
+
+def test_reinit_starts_named_modules_afresh_and_keeps_the_rest(tmp_path):
+    import torch
+
+    from internvlx.train import _load_for_training
+    from tests.helpers import build_chat_model_dir
+
+    base = build_chat_model_dir(tmp_path / "base", seed=4)
+    saved = InternVLXForConditionalGeneration.from_pretrained(base).state_dict()
+    model = _load_for_training(Path(base), {}, seed=9, reinit=("projector",))
+    for key, value in model.state_dict().items():
+        if key.startswith(("vision_model.", "language_model.")):
+            assert torch.equal(value, saved[key]), key
+    changed = [k for k, v in model.state_dict().items() if k.startswith("projector.") and not torch.equal(v, saved[k])]
+    assert changed  # the projector was re-initialised, not loaded
+    kept = _load_for_training(Path(base), {}, seed=9)
+    assert all(torch.equal(v, saved[k]) for k, v in kept.state_dict().items())

@@ -236,3 +236,24 @@ def test_batches_are_shuffled_unless_length_grouping_is_asked_for(tmp_path, synt
     assert training_arguments(run_cfg(tmp_path, synth), 4).train_sampling_strategy != "group_by_length"
     grouped = run_cfg(tmp_path, synth, train={"max_steps": 4, "group_by_length": True})
     assert training_arguments(grouped, 4).train_sampling_strategy == "group_by_length"
+
+
+def test_bf16_checkpoint_trains_from_float32_master_weights(tmp_path, synth, base_dir):
+    from internvlx.train import build_model_and_processor
+
+    half = tmp_path / "bf16"
+    InternVLXForConditionalGeneration.from_pretrained(base_dir).to(torch.bfloat16).save_pretrained(half)
+    for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "chat_template.jinja"):
+        if (Path(base_dir) / name).exists():
+            (half / name).write_bytes((Path(base_dir) / name).read_bytes())
+    cfg = run_cfg(tmp_path, synth, model={"init": str(half)})
+    model, _ = build_model_and_processor(cfg)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_reinit_names_only_projector_or_lvtc(tmp_path, synth, base_dir):
+    from internvlx.train import build_model_and_processor
+
+    cfg = run_cfg(tmp_path, synth, model={"init": str(base_dir), "reinit": ["llm"]})
+    with pytest.raises(ConfigError, match="reinit"):
+        build_model_and_processor(cfg)

@@ -138,7 +138,11 @@ def build_model_and_processor(cfg: RunConfig, texts_for_tokenizer=None):
         if not Path(init).is_dir():
             raise ConfigError(f"model.init {init!r} is neither 'preset:NAME' nor a model directory")
         tokenizer = InternVLXProcessor.from_pretrained(init).tokenizer
-        model = _load_for_training(Path(init), overrides, int(cfg.train.get("seed", 0)))
+        reinit = list(spec.get("reinit") or [])
+        bad = sorted(set(reinit) - {"projector", "lvtc"})
+        if bad:
+            raise ConfigError(f"model.reinit can name 'projector' and 'lvtc', got {bad}")
+        model = _load_for_training(Path(init), overrides, int(cfg.train.get("seed", 0)), tuple(reinit))
     processor_settings = {k: v for k, v in tiling.items() if k in ("policy", "max_tiles", "min_tiles", "thumbnail")}
     if processor_settings:  # the saved config describes the tiling the model was trained with
         model.config.tiling = {**vars(model.config.tiling), **processor_settings}
@@ -148,16 +152,21 @@ def build_model_and_processor(cfg: RunConfig, texts_for_tokenizer=None):
     return model, processor
 
 
-def _load_for_training(path: Path, overrides: dict[str, Any], seed: int) -> InternVLXForConditionalGeneration:
+def _load_for_training(
+    path: Path, overrides: dict[str, Any], seed: int, reinit: tuple[str, ...] = ()
+) -> InternVLXForConditionalGeneration:
     """Load a model directory; when `config_overrides` asks for another projector (e.g. PVTC on
     a converted InternVL2 checkpoint, as the paper does), keep the ViT and LLM weights and start
-    a freshly initialised projector."""
+    a freshly initialised projector. `reinit` (`model.reinit` in the run config: "projector",
+    "lvtc") starts those modules afresh even when their shapes match the checkpoint."""
     from .convert import read_safetensors_dir
 
     saved = InternVLXConfig.from_pretrained(path)
     wanted = {**vars(saved.projector), **overrides.get("projector", {})}
-    if wanted == vars(saved.projector):
-        return InternVLXForConditionalGeneration.from_pretrained(path, **overrides)
+    if wanted == vars(saved.projector) and not reinit:
+        # float32 master weights even from a bf16 checkpoint (e.g. the shipped demo model);
+        # `train.bf16` trains under autocast on top of them
+        return InternVLXForConditionalGeneration.from_pretrained(path, dtype=torch.float32, **overrides)
     config = InternVLXConfig.from_pretrained(path)
     for key, value in overrides.items():
         current = getattr(config, key, None)
@@ -172,13 +181,19 @@ def _load_for_training(path: Path, overrides: dict[str, Any], seed: int) -> Inte
     torch.manual_seed(seed)
     model = InternVLXForConditionalGeneration(config)
     tensors, _ = read_safetensors_dir(path)
-    kept = {k: v for k, v in tensors.items() if k.startswith(("vision_model.", "language_model."))}
+    prefixes = ["vision_model.", "language_model."]
+    if "projector" not in reinit and wanted == vars(saved.projector):
+        prefixes.append("projector.")
+    if "lvtc" not in reinit and config.lvtc.enabled:
+        prefixes.append("lvtc.")  # LVTC modules absent from the checkpoint start at their init
+    kept = {k: v for k, v in tensors.items() if k.startswith(tuple(prefixes))}
     missing, unexpected = model.load_state_dict(kept, strict=False)
     missing = [k for k in missing if not k.startswith(("projector.", "lvtc."))]
     if missing or unexpected:
         raise ConfigError(f"{path}: cannot reuse the ViT/LLM weights: missing {missing[:8]}, unexpected {unexpected[:8]}")
-    logger.warning("new %s projector initialised (the checkpoint had %s); train stage 1 first",
-                   config.projector.type, saved.projector.type)
+    if "projector." not in prefixes:
+        logger.warning("new %s projector initialised (the checkpoint had %s); train stage 1 first",
+                       config.projector.type, saved.projector.type)
     return model
 
 
