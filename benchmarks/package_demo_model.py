@@ -1,7 +1,8 @@
 """Package a trained run as the shipped demo model (`models/internvlx-demo/`).
 
-    python benchmarks/package_demo_model.py --run runs/demo --eval eval_results/demo/summary.json \
-        --data data/synth-easy --out models/internvlx-demo --note benchmarks/notes/demo_model_card_note.md
+    python benchmarks/package_demo_model.py --config configs/demo.yaml configs/demo-stage2.yaml \
+        --eval eval_results/demo/summary.json --data data/synth-easy --out models/internvlx-demo \
+        --note benchmarks/notes/demo_model_card_note.md
 
 Casts the weights to bfloat16, saves model + tokenizer + processor, copies a handful of
 held-out synthetic scenes with questions for `make demo`, and writes the model card from the
@@ -57,15 +58,26 @@ def tiling_text(tiling) -> str:
     return f"RVTC `{tiling.policy}`, up to {tiling.max_tiles} tiles{' + thumbnail' if tiling.thumbnail else ''}"
 
 
-def model_card(run: Path, summary: dict, evaluation: dict, size_bytes: int, n_params: int, config,
-               data: Path, limit: int | None = None) -> str:
-    cmd = json.loads((run / "command.json").read_text()) if (run / "command.json").exists() else None
+def stage_line(config_path: Path, summary: dict) -> str:
+    history = summary.get("log_history", [])
+    losses = [h["loss"] for h in history if "loss" in h]
+    runtime = next((h["train_runtime"] for h in history if "train_runtime" in h), float("nan"))
+    return (f"* `{config_path}`: {summary.get('steps')} steps x {summary.get('batch_size', 16)}, loss "
+            f"{losses[0] if losses else float('nan'):.2f} → {losses[-1] if losses else float('nan'):.2f} "
+            f"(mean {summary.get('train_loss', float('nan')):.3f}), {summary.get('train_samples_per_second')} "
+            f"samples/s, {runtime / 60:.0f} min")
+
+
+def model_card(stages: list[tuple[Path, dict]], evaluation: dict, size_bytes: int, n_params: int, config,
+               data: Path, run: Path, limit: int | None = None) -> str:
     rows = "\n".join(
         f"| {q} | {v['count']} | {v['score']:.3f} |"
         for q, v in sorted(evaluation.get("breakdown", {}).get("qtype", {}).items())
     )
-    losses = [h for h in summary.get("log_history", []) if "loss" in h]
-    runtime = next((h.get("train_runtime") for h in summary.get("log_history", []) if "train_runtime" in h), None)
+    train_cmds = "\n".join(f"internvlx train {c}" for c, _ in stages)
+    stage_lines = "\n".join(stage_line(c, s) for c, s in stages)
+    configs = "\n\n".join(f"`{c}`:\n\n```yaml\n{c.read_text().strip()}\n```" for c, _ in stages)
+    total_steps = sum(s.get("steps") or 0 for _, s in stages)
     return f"""# internvlx-demo
 
 A small InternVL-X model (PVTC projector + LVTC + RVTC length tiling) trained **from random
@@ -85,15 +97,15 @@ show the pipeline working end to end offline; it knows nothing but the synthetic
 
 ```bash
 {synth_command(data)}
-internvlx train configs/demo.yaml
-internvlx eval runs/demo/final --task synth --data {data}/test.jsonl{f' --limit {limit}' if limit else ''} --batch-size 16 --out eval_results/demo
-python benchmarks/package_demo_model.py --run runs/demo --eval eval_results/demo/summary.json --data {data} --note NOTE.md
+{train_cmds}
+internvlx eval {run}/final --task synth --data {data}/test.jsonl{f' --limit {limit}' if limit else ''} --batch-size 16 --out eval_results/demo
+python benchmarks/package_demo_model.py --config {' '.join(str(c) for c, _ in stages)} --eval eval_results/demo/summary.json --data {data} --note NOTE.md
 ```
 
-Training: {summary.get('steps')} steps, final logged loss {losses[-1]['loss'] if losses else 'n/a'},
-mean training loss {summary.get('train_loss'):.3f}, {summary.get('train_samples_per_second')} samples/s,
-{runtime} s wall time on {platform.processor() or platform.machine()} (2 CPU cores, float32,
-shared with other jobs while it ran).{f' Recorded command: {cmd}.' if cmd else ''}
+{stage_lines}
+
+on {platform.processor() or platform.machine()} (2 CPU cores, float32, one thread; another job
+shared the machine while it ran).
 
 ## Held-out accuracy (synthetic test split, exact match)
 
@@ -105,22 +117,32 @@ sample on average ({evaluation.get('visual_tokens', {}).get('mean_per_layer', fl
 | --- | ---: | ---: |
 {rows}
 
-Limitations: trained on {summary.get('steps')} x {summary.get('batch_size', 16)} synthetic samples only; answers about real photos
+Limitations: trained on {total_steps} x {stages[-1][1].get('batch_size', 16)} synthetic samples only; answers about real photos
 are meaningless. Retraining with the commands above reproduces it up to run-to-run noise.
+
+## Training configs
+
+{configs}
 """
 
 
 def main() -> None:
+    import yaml
+
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--run", type=Path, default=Path("runs/demo"))
+    ap.add_argument("--config", type=Path, nargs="+", default=[Path("configs/demo.yaml"), Path("configs/demo-stage2.yaml")],
+                    help="the training configs, in order; the model is the last one's output_dir/final")
     ap.add_argument("--eval", type=Path, default=Path("eval_results/demo/summary.json"))
     ap.add_argument("--data", type=Path, default=Path("data/synth-easy"))
     ap.add_argument("--out", type=Path, default=Path("models/internvlx-demo"))
     ap.add_argument("--note", type=Path, default=None,
                     help="markdown appended to the model card (the interpretation of the numbers)")
     args = ap.parse_args()
-    model = InternVLXForConditionalGeneration.from_pretrained(args.run / "final").to(torch.bfloat16)
-    processor = InternVLXProcessor.from_pretrained(args.run / "final")
+    runs = [Path(yaml.safe_load(c.read_text())["output_dir"]) for c in args.config]
+    stages = [(c, json.loads((r / "train_summary.json").read_text())) for c, r in zip(args.config, runs, strict=True)]
+    run = runs[-1]
+    model = InternVLXForConditionalGeneration.from_pretrained(run / "final").to(torch.bfloat16)
+    processor = InternVLXProcessor.from_pretrained(run / "final")
     settings = processor.settings  # the tiling it was trained with, also in the model config
     model.config.tiling = {**vars(model.config.tiling), "policy": settings.policy,
                            "max_tiles": settings.max_tiles, "min_tiles": settings.min_tiles,
@@ -131,12 +153,11 @@ def main() -> None:
     processor.save_pretrained(args.out)
     pick_demo_images(args.data, args.out / "demo_images")
     size = sum(f.stat().st_size for f in args.out.glob("*.safetensors"))
-    summary = json.loads((args.run / "train_summary.json").read_text())
     evaluation = json.loads(args.eval.read_text())
     n_test = sum(1 for _ in iter_jsonl(args.data / "test.jsonl"))
     limit = evaluation.get("count") if evaluation.get("count", n_test) < n_test else None
-    card = model_card(args.run, summary, evaluation, size, sum(p.numel() for p in model.parameters()), model.config,
-                      args.data, limit)
+    card = model_card(stages, evaluation, size, sum(p.numel() for p in model.parameters()), model.config,
+                      args.data, run, limit)
     if args.note is not None:
         card += "\n" + args.note.read_text().strip() + "\n"
     (args.out / "README.md").write_text(card)

@@ -43,3 +43,32 @@ def test_demo_scale_baseline_is_internvl2_style():
     assert ours.tiles == theirs.tiles and 4 * ours.llm_input_tokens == theirs.llm_input_tokens
     text = demo.image_accounting(300, 300, cfg)
     assert f"{ours.llm_input_tokens} visual tokens in" in text and f"{theirs.llm_input_tokens} tokens" in text
+
+
+def test_model_card_states_commands_configs_and_accuracy(tmp_path):
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "package_demo_model", Path(__file__).resolve().parents[1] / "benchmarks" / "package_demo_model.py")
+    pkg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pkg)
+    data = tmp_path / "synth-easy"
+    data.mkdir()
+    (data / "stats.json").write_text(json.dumps(
+        {"resolution": "easy", "seed": 0, "test_fraction": 0.03125, "train": {"n": 62000}, "test": {"n": 2000}}))
+    cfgs = []
+    for name, steps, loss in (("one.yaml", 3600, 0.9), ("two.yaml", 2400, 0.7)):
+        (tmp_path / name).write_text(f"output_dir: runs/{name}\n")
+        cfgs.append((tmp_path / name, {"steps": steps, "batch_size": 16, "train_loss": loss,
+                                       "train_samples_per_second": 20.0,
+                                       "log_history": [{"loss": 5.0}, {"loss": loss}, {"train_runtime": 600.0}]}))
+    evaluation = {"score": 0.5, "count": 1000, "visual_tokens": {"llm_input_mean": 4.0, "mean_per_layer": 7.0},
+                  "breakdown": {"qtype": {"colour": {"count": 150, "score": 0.75}}}}
+    card = pkg.model_card(cfgs, evaluation, 15 * 2**20, 7_000_000, InternVLXConfig.from_preset(
+        "demo", tiling={"max_tiles": 1}), data, Path("runs/demo"), limit=1000)
+    assert "internvlx data synth --out " + str(data) + " --n 64000 --seed 0 --test-fraction 0.03125 --resolution easy" in card
+    assert f"internvlx train {cfgs[0][0]}\ninternvlx train {cfgs[1][0]}" in card
+    assert "--limit 1000" in card and "| colour | 150 | 0.750 |" in card and "**0.500**" in card
+    assert "capped at one tile" in card and "6000 x 16" in card
+    assert "output_dir: runs/two.yaml" in card  # every config is embedded verbatim
