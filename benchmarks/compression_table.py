@@ -14,11 +14,12 @@ by side (faster than one two-threaded job on a 2-core CPU for models this small)
 
 Variants (identical data, steps, seeds, batch and learning rates):
 
-* simple set (224-448 px plain-background scenes, one 112-px tile per image, as InternVL-X-2B's 1-tile mode):
+* easy set (112-224 px grey-background scenes), one 112-px tile per image, as InternVL-X-2B's 1-tile mode:
   `internvl2-mlp` (InternVL2's MLP projector, r = 0.5: 16 tokens/tile), `pvtc-r0.5`,
   `pvtc-r0.25` (4 tokens/tile), `mlp-r0.25` (the naive cut: pixel shuffle 4x4), `pvtc-lvtc`
   (PVTC r = 0.5 + LVTC K = 6, stride 2: 4 tokens/tile in layers 0-5, 16 in layers 6-7);
-* mixed-resolution set (112-320 px canvases, up to 6 tiles + thumbnail, PVTC r = 0.5):
+* the same easy set tiled up to 6 tiles + thumbnail (112-224 px canvases are small next to
+  6 x 112-px tiles, so the caps differ), PVTC r = 0.5:
   `rvtc-stock`, `rvtc-length`, `rvtc-area` (tile-count caps, SPEC section 4).
 
 Measured per run: held-out exact-match accuracy per question type; visual tokens at the LLM
@@ -43,11 +44,12 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = {"low": ROOT / "data" / "synth-easy", "mixed": ROOT / "data" / "synth-mixed"}
+#: Sections of the table: one tile per image (projector and LLM compression) and multi-tile (RVTC).
+DATA = {"one_tile": ROOT / "data" / "synth-easy", "tiles": ROOT / "data" / "synth-easy"}
 DATA_CMD = {
-    "low": "internvlx data synth --out data/synth-easy --n 64000 --seed 0 --test-fraction 0.03125 --resolution easy",
-    "mixed": "internvlx data synth --out data/synth-mixed --n 8000 --seed 0 --test-fraction 0.05 --resolution mixed",
+    "one_tile": "internvlx data synth --out data/synth-easy --n 64000 --seed 0 --test-fraction 0.03125 --resolution easy",
 }
+DATA_CMD["tiles"] = DATA_CMD["one_tile"]
 RUNS = ROOT / "runs" / "table"  # `--runs` changes it
 #: Learning rates of a sweep from random initialisation, and of one that starts from a trained
 #: model (`--init`: its ViT and LLM are kept, the projector starts afresh, as InternVL-X does
@@ -59,26 +61,26 @@ PLOT = ROOT / "docs" / "img" / "results_accuracy_vs_tokens.png"
 QTYPES = ("colour", "shape", "count", "position", "text", "caption", "compare", "arith", "word")
 
 VARIANTS: dict[str, dict] = {
-    "internvl2-mlp": {"label": "InternVL2 baseline (MLP, r=0.5)", "set": "low",
+    "internvl2-mlp": {"label": "InternVL2 baseline (MLP, r=0.5)", "set": "one_tile",
                       "projector": {"type": "mlp", "downsample_ratio": 0.5}, "lvtc": False, "tiling": {"max_tiles": 1}},
-    "pvtc-r0.5": {"label": "PVTC r=0.5", "set": "low",
+    "pvtc-r0.5": {"label": "PVTC r=0.5", "set": "one_tile",
                   "projector": {"type": "pvtc", "downsample_ratio": 0.5}, "lvtc": False, "tiling": {"max_tiles": 1}},
-    "pvtc-r0.25": {"label": "PVTC r=0.25", "set": "low",
+    "pvtc-r0.25": {"label": "PVTC r=0.25", "set": "one_tile",
                    "projector": {"type": "pvtc", "downsample_ratio": 0.25}, "lvtc": False, "tiling": {"max_tiles": 1}},
-    "mlp-r0.25": {"label": "MLP r=0.25 (naive cut)", "set": "low",
+    "mlp-r0.25": {"label": "MLP r=0.25 (naive cut)", "set": "one_tile",
                   "projector": {"type": "mlp", "downsample_ratio": 0.25}, "lvtc": False, "tiling": {"max_tiles": 1}},
-    "pvtc-lvtc": {"label": "PVTC r=0.5 + LVTC (K=6, s=2)", "set": "low",
+    "pvtc-lvtc": {"label": "PVTC r=0.5 + LVTC (K=6, s=2)", "set": "one_tile",
                   "projector": {"type": "pvtc", "downsample_ratio": 0.5}, "lvtc": True, "tiling": {"max_tiles": 1}},
     # not trained: the pvtc-r0.5 checkpoints with LVTC switched on as they are (gate at its init)
-    "pvtc-lvtc-free": {"label": "PVTC r=0.5, LVTC switched on without training", "set": "low", "reuse": "pvtc-r0.5",
+    "pvtc-lvtc-free": {"label": "PVTC r=0.5, LVTC switched on without training", "set": "one_tile", "reuse": "pvtc-r0.5",
                        "projector": {"type": "pvtc", "downsample_ratio": 0.5}, "lvtc": True, "tiling": {"max_tiles": 1}},
-    "rvtc-stock": {"label": "PVTC, stock tiling (<=6+1 tiles)", "set": "mixed",
+    "rvtc-stock": {"label": "PVTC, stock tiling (<=6+1 tiles)", "set": "tiles",
                    "projector": {"type": "pvtc", "downsample_ratio": 0.5}, "lvtc": False,
                    "tiling": {"max_tiles": 6, "policy": "stock"}},
-    "rvtc-length": {"label": "PVTC, RVTC length", "set": "mixed",
+    "rvtc-length": {"label": "PVTC, RVTC length", "set": "tiles",
                     "projector": {"type": "pvtc", "downsample_ratio": 0.5}, "lvtc": False,
                     "tiling": {"max_tiles": 6, "policy": "length"}},
-    "rvtc-area": {"label": "PVTC, RVTC area", "set": "mixed",
+    "rvtc-area": {"label": "PVTC, RVTC area", "set": "tiles",
                   "projector": {"type": "pvtc", "downsample_ratio": 0.5}, "lvtc": False,
                   "tiling": {"max_tiles": 6, "policy": "area"}},
 }
@@ -94,7 +96,7 @@ def run_config(name: str, seed: int, steps: int, out: Path, batch_size: int = 16
              "config_overrides": {"projector": v["projector"], "lvtc": {"enabled": v["lvtc"]}}}
     if init is not None:
         model = {"init": str(init), "system_message": "", "config_overrides": model["config_overrides"],
-                 "reinit": ["projector", "lvtc"] if v["set"] == "low" else []}
+                 "reinit": ["projector", "lvtc"] if v["set"] == "one_tile" else []}
     return {
         "output_dir": str(out),
         "model": model,
@@ -322,7 +324,7 @@ def plot(grouped: dict[str, list[dict]]) -> None:
     for name, runs in grouped.items():
         xs = [r["tokens_mean_per_layer"] for r in runs]
         ys = [100 * r["score"] for r in runs]
-        marker = "o" if VARIANTS[name]["set"] == "low" else "s"
+        marker = "o" if VARIANTS[name]["set"] == "one_tile" else "s"
         ax.errorbar(statistics.mean(xs), statistics.mean(ys), yerr=(max(ys) - min(ys)) / 2 if len(ys) > 1 else 0,
                     fmt=marker, capsize=3, label=VARIANTS[name]["label"])
         ax.scatter(xs, ys, s=8, color="grey", alpha=0.6)
@@ -365,19 +367,19 @@ def cmd_report(args) -> None:
         "for every variant of a section), then evaluated on the held-out synthetic split with `internvlx.evaluation` "
         f"({any_run['count']} samples, exact match). Accuracy is the mean over seeds ± half the range.",
         "",
-        "Data: " + "; ".join(f"`{c}`" for c in DATA_CMD.values()) + ".",
+        "Data: " + "; ".join(f"`{c}`" for c in dict.fromkeys(DATA_CMD.values())) + ".",
         "",
         "## Projector and LLM compression (easy set, 112-224 px, one 112-px tile per image)",
         "",
-        _budget(grouped, "low"),
+        _budget(grouped, "one_tile"),
         "",
-        table(grouped, "low"),
+        table(grouped, "one_tile"),
         "",
-        "## Tiling: stock vs RVTC (mixed-resolution set, 112-320 px, up to 6 tiles + thumbnail)",
+        "## Tiling: stock vs RVTC (easy set, 112-224 px, up to 6 tiles + thumbnail)",
         "",
-        _budget(grouped, "mixed"),
+        _budget(grouped, "tiles"),
         "",
-        table(grouped, "mixed"),
+        table(grouped, "tiles"),
         "",
         f"![accuracy vs visual tokens](img/{PLOT.name})",
         "",

@@ -69,7 +69,7 @@ def stage_line(config_path: Path, summary: dict) -> str:
 
 
 def model_card(stages: list[tuple[Path, dict]], evaluation: dict, size_bytes: int, n_params: int, config,
-               data: Path, run: Path, limit: int | None = None) -> str:
+               data: Path, run: Path, limit: int | None = None, note: Path | None = None) -> str:
     rows = "\n".join(
         f"| {q} | {v['count']} | {v['score']:.3f} |"
         for q, v in sorted(evaluation.get("breakdown", {}).get("qtype", {}).items())
@@ -99,7 +99,7 @@ show the pipeline working end to end offline; it knows nothing but the synthetic
 {synth_command(data)}
 {train_cmds}
 internvlx eval {run}/final --task synth --data {data}/test.jsonl{f' --limit {limit}' if limit else ''} --batch-size 16 --out eval_results/demo
-python benchmarks/package_demo_model.py --config {' '.join(str(c) for c, _ in stages)} --eval eval_results/demo/summary.json --data {data} --note NOTE.md
+python benchmarks/package_demo_model.py --config {' '.join(str(c) for c, _ in stages)} --eval eval_results/demo/summary.json --data {data}{f' --note {note}' if note else ''}
 ```
 
 {stage_lines}
@@ -157,7 +157,7 @@ def main() -> None:
     n_test = sum(1 for _ in iter_jsonl(args.data / "test.jsonl"))
     limit = evaluation.get("count") if evaluation.get("count", n_test) < n_test else None
     card = model_card(stages, evaluation, size, sum(p.numel() for p in model.parameters()), model.config,
-                      args.data, run, limit)
+                      args.data, run, limit, args.note)
     if args.note is not None:
         card += "\n" + args.note.read_text().strip() + "\n"
     (args.out / "README.md").write_text(card)

@@ -64,11 +64,11 @@ def test_report_table_averages_seeds_and_compares_flops_with_the_first_row(table
         "internvl2-mlp": [_result("internvl2-mlp", 0, 0.50, 4e9), _result("internvl2-mlp", 1, 0.60, 4e9)],
         "pvtc-r0.25": [_result("pvtc-r0.25", 0, 0.40, 1e9, 4.0), _result("pvtc-r0.25", 1, 0.40, 1e9, 4.0)],
     }
-    lines = table.table(grouped, "low").splitlines()
+    lines = table.table(grouped, "one_tile").splitlines()
     base, small = lines[2], lines[3]
     assert "| 55.0 ± 5.0 |" in base and "| 1.00x |" in base
     assert "| 40.0 ± 0.0 |" in small and "| 0.25x |" in small and "| 4.0 |" in small
-    assert table.table(grouped, "mixed").count("\n") == 1  # header only: no mixed-set rows
+    assert table.table(grouped, "tiles").count("\n") == 1  # header only: no multi-tile rows
 
 
 def test_mean_spread_of_one_seed_has_no_spread(table):
@@ -92,7 +92,7 @@ def test_init_sweep_keeps_vit_and_llm_and_restarts_the_projector(table, tmp_path
     for name, raw in configs.items():
         cfg = RunConfig.from_dict(raw)
         assert cfg.model["init"] == "models/internvlx-demo" and "tokenizer" not in cfg.model
-        assert cfg.model["reinit"] == (["projector", "lvtc"] if table.VARIANTS[name]["set"] == "low" else [])
+        assert cfg.model["reinit"] == (["projector", "lvtc"] if table.VARIANTS[name]["set"] == "one_tile" else [])
         assert cfg.optim == configs["pvtc-r0.5"]["optim"] and cfg.optim["lr"] < table.LR_SCRATCH["lr"]
     scratch = table.run_config("pvtc-r0.5", 0, 100, tmp_path)
     assert scratch["model"]["init"] == "preset:demo" and scratch["optim"]["lr"] == table.LR_SCRATCH["lr"]

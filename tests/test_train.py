@@ -257,3 +257,15 @@ def test_reinit_names_only_projector_or_lvtc(tmp_path, synth, base_dir):
     cfg = run_cfg(tmp_path, synth, model={"init": str(base_dir), "reinit": ["llm"]})
     with pytest.raises(ConfigError, match="reinit"):
         build_model_and_processor(cfg)
+
+
+def test_lvtc_checkpoint_fine_tunes_with_lvtc_switched_off(tmp_path):
+    from internvlx.train import _load_for_training
+
+    base = build_chat_model_dir(tmp_path / "lvtc", seed=2, lvtc=True)
+    saved = InternVLXForConditionalGeneration.from_pretrained(base).state_dict()
+    assert any(k.startswith("lvtc.") for k in saved)
+    model = _load_for_training(Path(base), {"lvtc": {"enabled": False}}, seed=0)
+    assert model.lvtc is None and not model.config.lvtc.enabled
+    for key, value in model.state_dict().items():  # everything else, projector included, is kept
+        assert torch.equal(value, saved[key]), key

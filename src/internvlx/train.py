@@ -163,7 +163,8 @@ def _load_for_training(
 
     saved = InternVLXConfig.from_pretrained(path)
     wanted = {**vars(saved.projector), **overrides.get("projector", {})}
-    if wanted == vars(saved.projector) and not reinit:
+    drops_lvtc = saved.lvtc.enabled and not {**vars(saved.lvtc), **overrides.get("lvtc", {})}["enabled"]
+    if wanted == vars(saved.projector) and not reinit and not drops_lvtc:
         # float32 master weights even from a bf16 checkpoint (e.g. the shipped demo model);
         # `train.bf16` trains under autocast on top of them
         return InternVLXForConditionalGeneration.from_pretrained(path, dtype=torch.float32, **overrides)
@@ -191,6 +192,8 @@ def _load_for_training(
     missing = [k for k in missing if not k.startswith(("projector.", "lvtc."))]
     if missing or unexpected:
         raise ConfigError(f"{path}: cannot reuse the ViT/LLM weights: missing {missing[:8]}, unexpected {unexpected[:8]}")
+    if drops_lvtc:
+        logger.warning("LVTC switched off: the checkpoint's LVTC weights are not used")
     if "projector." not in prefixes:
         logger.warning("new %s projector initialised (the checkpoint had %s); train stage 1 first",
                        config.projector.type, saved.projector.type)
