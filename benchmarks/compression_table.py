@@ -282,7 +282,9 @@ def _budget(grouped: dict[str, list[dict]], set_name: str) -> str:
     budgets = sorted({(r["steps"], r["batch_size"]) for r in runs})
     if not budgets:
         return "No finished runs."
-    return "Training budget: " + ", ".join(f"{s} steps x {b} samples" for s, b in budgets) + " per run."
+    counts = sorted({r["count"] for r in runs})
+    return ("Training budget: " + ", ".join(f"{s} steps x {b} samples" for s, b in budgets) + " per run; "
+            "evaluated on " + " / ".join(f"{c:,}" for c in counts) + " held-out samples.")
 
 
 def _train_speed(runs: list[dict]) -> str:
@@ -330,7 +332,7 @@ def plot(grouped: dict[str, list[dict]]) -> None:
         ax.scatter(xs, ys, s=8, color="grey", alpha=0.6)
     ax.set_xlabel("visual tokens per sample, averaged over LLM layers")
     ax.set_ylabel("held-out exact match (%)")
-    ax.set_title("Miniature InternVL-X: accuracy vs visual tokens (circles: 1 tile; squares: mixed-res tiling)")
+    ax.set_title("Miniature InternVL-X: accuracy vs visual tokens (circles: 1 tile; squares: up to 6 tiles + thumbnail)")
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
@@ -356,7 +358,6 @@ def cmd_report(args) -> None:
     if not grouped:
         raise SystemExit(f"no finished runs in {RUNS}; run `python benchmarks/compression_table.py run` first")
     plot(grouped)
-    any_run = next(iter(grouped.values()))[0]
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, float32, one thread per job"
     parts = [
         "# Compression vs accuracy, in miniature",
@@ -365,7 +366,7 @@ def cmd_report(args) -> None:
         f"on {machine} ({time.strftime('%Y-%m-%d')}). {_protocol()} Every row is trained with the "
         f"project's trainer (same data order, learning rates, steps and seeds "
         "for every variant of a section), then evaluated on the held-out synthetic split with `internvlx.evaluation` "
-        f"({any_run['count']} samples, exact match). Accuracy is the mean over seeds ± half the range.",
+        "(exact match; the first N test samples, N per section). Accuracy is the mean over seeds ± half the range.",
         "",
         "Data: " + "; ".join(f"`{c}`" for c in dict.fromkeys(DATA_CMD.values())) + ".",
         "",
