@@ -341,9 +341,20 @@ def plot(grouped: dict[str, list[dict]]) -> None:
     fig.savefig(PLOT, dpi=120)
 
 
+def _inits() -> set[str]:
+    return {yaml.safe_load(f.read_text())["model"]["init"] for f in RUNS.glob("*/run.yaml")}
+
+
+def _commands() -> str:
+    """The commands that reproduce the sweep in RUNS."""
+    runs = f" --runs {RUNS.relative_to(ROOT) if RUNS.is_relative_to(ROOT) else RUNS}" if RUNS != ROOT / "runs" / "table" else ""
+    init = "".join(f" --init {i}" for i in sorted(_inits()) if not i.startswith("preset:"))
+    return f"`python benchmarks/compression_table.py run{init}{runs}` then `python benchmarks/compression_table.py report{runs}`"
+
+
 def _protocol() -> str:
     """How the sweep in RUNS started, from the run configs it wrote."""
-    inits = {yaml.safe_load(f.read_text())["model"]["init"] for f in RUNS.glob("*/run.yaml")}
+    inits = _inits()
     if inits <= {"preset:demo"}:
         return "Every run starts from random initialisation (the `demo` preset)."
     names = ", ".join(f"`{Path(i).relative_to(ROOT) if Path(i).is_absolute() and Path(i).is_relative_to(ROOT) else i}`"
@@ -362,7 +373,7 @@ def cmd_report(args) -> None:
     parts = [
         "# Compression vs accuracy, in miniature",
         "",
-        "Produced by `python benchmarks/compression_table.py run && python benchmarks/compression_table.py report` "
+        f"Produced by {_commands()} "
         f"on {machine} ({time.strftime('%Y-%m-%d')}). {_protocol()} Every row is trained with the "
         f"project's trainer (same data order, learning rates, steps and seeds "
         "for every variant of a section), then evaluated on the held-out synthetic split with `internvlx.evaluation` "
