@@ -186,7 +186,19 @@ def _train(args: argparse.Namespace) -> int:
     cfg = RunConfig.from_yaml(args.config, overrides)
     summary = train(cfg, resume=args.resume)
     print(f"done: {summary['final_dir']} (steps {summary.get('steps')}, loss {summary.get('train_loss')})")
+    _close_process_group()
     return 0
+
+
+def _close_process_group() -> None:
+    """Under torchrun, tear the process group down before exit: left to interpreter shutdown,
+    gloo's threads sometimes abort a rank ("terminate called without an active exception")
+    after training finished, failing the whole launch."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
