@@ -1,7 +1,7 @@
 """Package a trained run as the shipped demo model (`models/internvlx-demo/`).
 
-    python benchmarks/package_demo_model.py --config configs/demo.yaml configs/demo-stage2.yaml \
-        --eval eval_results/demo/summary.json --data data/synth-easy --out models/internvlx-demo \
+    python benchmarks/package_demo_model.py --config configs/demo.yaml \
+        --eval eval_results/demo/summary.json --data data/synth-easy-mt --out models/internvlx-demo \
         --note benchmarks/notes/demo_model_card_note.md
 
 Casts the weights to bfloat16, saves model + tokenizer + processor, copies a handful of
@@ -44,12 +44,30 @@ def pick_demo_images(data: Path, out: Path, per_type: int = 1) -> list[str]:
     return names
 
 
+#: `internvlx data synth` options recorded in stats.json, with the CLI defaults (left out when equal).
+SYNTH_FLAGS = {"caption_fraction": 0.15, "text_only_fraction": 0.05, "multi_image_fraction": 0.05,
+               "multi_turn_fraction": 0.2, "max_follow_ups": 2}
+
+
 def synth_command(data: Path) -> str:
     """The `internvlx data synth` call that regenerates `data`, from its own stats.json."""
     stats = json.loads((data / "stats.json").read_text())
     n = stats["train"]["n"] + stats["test"]["n"]
+    options = stats.get("options", {})
+    extra = "".join(f" --{name.replace('_', '-')} {options[name]:g}" for name, default in SYNTH_FLAGS.items()
+                    if name in options and options[name] != default)
     return (f"internvlx data synth --out {data} --n {n} --seed {stats['seed']} "
-            f"--test-fraction {stats['test_fraction']:g} --resolution {stats['resolution']}")
+            f"--test-fraction {stats['test_fraction']:g} --resolution {stats['resolution']}{extra}")
+
+
+def precision_text(config_path: Path) -> str:
+    """How the run computed (from its config): "bf16 autocast, one thread" / "float32, 2 threads"."""
+    import yaml
+
+    train = (yaml.safe_load(config_path.read_text()) or {}).get("train", {})
+    threads = train.get("num_threads")
+    threads_text = "all threads" if not threads else ("one thread" if threads == 1 else f"{threads} threads")
+    return f"{'bf16 autocast with float32 master weights' if train.get('bf16') else 'float32'}, {threads_text}"
 
 
 def tiling_text(tiling) -> str:
@@ -104,7 +122,7 @@ python benchmarks/package_demo_model.py --config {' '.join(str(c) for c, _ in st
 
 {stage_lines}
 
-on {platform.processor() or platform.machine()} (2 CPU cores, float32, one thread; another job
+on {platform.processor() or platform.machine()} (2 CPU cores, {precision_text(stages[-1][0])}; another job
 shared the machine while it ran).
 
 ## Held-out accuracy (synthetic test split, exact match)
@@ -130,10 +148,10 @@ def main() -> None:
     import yaml
 
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--config", type=Path, nargs="+", default=[Path("configs/demo.yaml"), Path("configs/demo-stage2.yaml")],
+    ap.add_argument("--config", type=Path, nargs="+", default=[Path("configs/demo.yaml")],
                     help="the training configs, in order; the model is the last one's output_dir/final")
     ap.add_argument("--eval", type=Path, default=Path("eval_results/demo/summary.json"))
-    ap.add_argument("--data", type=Path, default=Path("data/synth-easy"))
+    ap.add_argument("--data", type=Path, default=Path("data/synth-easy-mt"))
     ap.add_argument("--out", type=Path, default=Path("models/internvlx-demo"))
     ap.add_argument("--note", type=Path, default=None,
                     help="markdown appended to the model card (the interpretation of the numbers)")

@@ -193,3 +193,20 @@ def test_settings_validation():
         resolve_settings("tiny", policies=["square"])
     with pytest.raises(ConfigError):
         resolve_settings("tiny", repeats=0)
+
+
+def test_run_benchmark_restores_the_callers_thread_count(monkeypatch):
+    import internvlx.bench as bench
+
+    seen = []
+
+    def fake_run(settings, *args):
+        seen.append(torch.get_num_threads())
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(bench, "_run_benchmark", fake_run)
+    before = torch.get_num_threads()
+    want = 2 if before == 1 else 1
+    with pytest.raises(RuntimeError, match="stop here"):
+        bench.run_benchmark("tiny", quick=True, threads=want, progress=False, log=None)
+    assert seen == [want] and torch.get_num_threads() == before

@@ -55,11 +55,14 @@ def test_model_card_states_commands_configs_and_accuracy(tmp_path):
     spec.loader.exec_module(pkg)
     data = tmp_path / "synth-easy"
     data.mkdir()
+    options = {"resolution": "easy", "seed": 0, "caption_fraction": 0.15, "text_only_fraction": 0.05,
+               "multi_image_fraction": 0.05, "multi_turn_fraction": 1.0, "max_follow_ups": 5}
     (data / "stats.json").write_text(json.dumps(
-        {"resolution": "easy", "seed": 0, "test_fraction": 0.03125, "train": {"n": 62000}, "test": {"n": 2000}}))
+        {"resolution": "easy", "seed": 0, "test_fraction": 0.03125, "train": {"n": 62000}, "test": {"n": 2000},
+         "options": options}))
     cfgs = []
     for name, steps, loss in (("one.yaml", 3600, 0.9), ("two.yaml", 2400, 0.7)):
-        (tmp_path / name).write_text(f"output_dir: runs/{name}\n")
+        (tmp_path / name).write_text(f"output_dir: runs/{name}\ntrain: {{bf16: true, num_threads: 1}}\n")
         cfgs.append((tmp_path / name, {"steps": steps, "batch_size": 16, "train_loss": loss,
                                        "train_samples_per_second": 20.0,
                                        "log_history": [{"loss": 5.0}, {"loss": loss}, {"train_runtime": 600.0}]}))
@@ -67,7 +70,9 @@ def test_model_card_states_commands_configs_and_accuracy(tmp_path):
                   "breakdown": {"qtype": {"colour": {"count": 150, "score": 0.75}}}}
     card = pkg.model_card(cfgs, evaluation, 15 * 2**20, 7_000_000, InternVLXConfig.from_preset(
         "demo", tiling={"max_tiles": 1}), data, Path("runs/demo"), limit=1000)
-    assert "internvlx data synth --out " + str(data) + " --n 64000 --seed 0 --test-fraction 0.03125 --resolution easy" in card
+    assert ("internvlx data synth --out " + str(data) + " --n 64000 --seed 0 --test-fraction 0.03125 --resolution easy"
+            " --multi-turn-fraction 1 --max-follow-ups 5\n") in card  # options at their defaults are left out
+    assert "bf16 autocast with float32 master weights, one thread" in card
     assert f"internvlx train {cfgs[0][0]}\ninternvlx train {cfgs[1][0]}" in card
     assert "--limit 1000" in card and "| colour | 150 | 0.750 |" in card and "**0.500**" in card
     assert "capped at one tile" in card and "6000 x 16" in card

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 import json
 import re
 from pathlib import Path
@@ -242,9 +243,10 @@ def check_turn(qa, scenes: tuple[Scene, ...]) -> None:
         assert scene.text is not None and qa.answer == scene.text.word and qa.answer in WORDS
     elif qa.qtype == "caption":
         assert qa.question == "Describe the image."
-        assert qa.answer.count(" a ") + qa.answer.startswith("a ") == len(objs)
+        articles = qa.answer.count(" a ") + qa.answer.count(" an ")
+        assert articles + qa.answer.startswith(("a ", "an ")) == len(objs)
         for o in objs:
-            assert f"a {o.colour} {o.shape}" in qa.answer
+            assert f"{'an' if o.colour == 'orange' else 'a'} {o.colour} {o.shape}" in qa.answer
         if scene.text is not None:
             assert qa.answer.endswith(f"the word {scene.text.word}")
     else:  # pragma: no cover
@@ -401,6 +403,9 @@ def test_low_resolution_sizes():
         {"n": 5, "test_fraction": 1.0},
         {"n": 5, "caption_fraction": 0.9, "text_only_fraction": 0.2},
         {"n": 5, "multi_turn_fraction": 1.5},
+        {"n": 5, "max_follow_ups": 0},
+        {"n": 5, "max_follow_ups": 6},
+        {"n": 5, "max_follow_ups": 2.5},
     ],
 )
 def test_bad_arguments_raise_config_error(tmp_path, kwargs):
@@ -456,3 +461,43 @@ def test_cli_caption_only_data_makes_room_for_captions(tmp_path, capsys):
     assert code in (0, None)
     records = read_jsonl(tmp_path / "cap" / "train.jsonl") + read_jsonl(tmp_path / "cap" / "test.jsonl")
     assert len(records) == 8 and {r["qtype"] for r in records} == {"caption"}
+
+
+def test_many_follow_ups_per_image_and_none_given_away():
+    """--multi-turn-fraction 1 --max-follow-ups 5: every single-image question gets follow-ups,
+    up to one per question type, and none asks what an earlier turn already says."""
+    options = SynthOptions(resolution="easy", multi_turn_fraction=1.0, max_follow_ups=5)
+    lengths = Counter()
+    for i in range(400):
+        sample = generate_sample(i, "train", options)
+        if sample_kind(i, "train", options) not in IMAGE_QTYPES:
+            assert len(sample.turns) == 1
+            continue
+        lengths[len(sample.turns)] += 1
+        assert len(sample.turns) <= 1 + len(IMAGE_QTYPES)  # 1: nothing else to ask (a lone word)
+        assert len({qa.question for qa in sample.turns}) == len(sample.turns)
+        said: list[str] = []
+        for qa in sample.turns:
+            check_turn(qa, sample.scenes)  # every follow-up is true of the scene
+            if qa.qtype in ("colour", "shape", "text"):
+                words = {w for text in said for w in re.findall(r"[a-z]+", text.lower())}
+                assert qa.answer not in words, (sample.sample_id, qa)
+            said += [qa.question, qa.answer]
+    assert lengths[1] < 0.1 * sum(lengths.values()) and max(lengths) >= 4 and sum(k * v for k, v in lengths.items()) / sum(lengths.values()) > 2.5
+    # the default keeps at most two follow-ups
+    default = [generate_sample(i, "train", SynthOptions(multi_turn_fraction=1.0)) for i in range(200)]
+    assert max(len(s.turns) for s in default) == 3
+
+
+def test_cli_multi_turn_options_reach_the_data(tmp_path):
+    from internvlx.cli import main
+
+    out = tmp_path / "mt"
+    assert main(["data", "synth", "--out", str(out), "--n", "40", "--resolution", "easy",
+                 "--multi-turn-fraction", "1.0", "--max-follow-ups", "4", "--no-progress"]) in (0, None)
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["options"]["multi_turn_fraction"] == 1.0 and stats["options"]["max_follow_ups"] == 4
+    records = read_jsonl(out / "train.jsonl")
+    image_records = [r for r in records if r["qtype"] in IMAGE_QTYPES]
+    assert image_records and sum(len(r["turn_qtypes"]) >= 2 for r in image_records) > 0.8 * len(image_records)
+    assert max(len(r["turn_qtypes"]) for r in records) <= 5

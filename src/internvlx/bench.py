@@ -1025,15 +1025,24 @@ def run_benchmark(
     uses its short run sizes; the size keywords override single sizes. `threads` sets torch's
     intra-op threads (None: leave as is). With `out_dir`, writes `results.json` (the rows),
     `run.json` (machine, settings, GEMM, rows) and, when `plots` and matplotlib is installed,
-    the PNG plots. `log` receives the report (None: silent)."""
+    the PNG plots. `log` receives the report (None: silent). The caller's torch thread count is
+    restored afterwards."""
     started = time.perf_counter()
     settings = resolve_settings(
         preset, quick=quick, device=device, dtype=dtype, policies=policies, seed=seed, warmup=warmup,
         repeats=repeats, decode_tokens=decode_tokens, decode_warmup=decode_warmup, decode_repeats=decode_repeats, train_batch=train_batch,
         train_warmup=train_warmup, train_repeats=train_repeats,
     )
+    previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    try:
+        return _run_benchmark(settings, started, out_dir, plots, progress, log)
+    finally:  # the caller's thread count, not ours, once the benchmark is done
+        torch.set_num_threads(previous_threads)
+
+
+def _run_benchmark(settings, started: float, out_dir, plots: bool, progress: bool, log) -> list[dict[str, Any]]:
     info: dict[str, Any] = {
         "machine": machine_info(None, settings.device),
         "description": BENCH_PRESETS[settings.preset].description,

@@ -143,6 +143,7 @@ def _data_synth(args: argparse.Namespace) -> int:
     stats = generate_synthetic(
         args.out, args.n, resolution=args.resolution, seed=args.seed, test_fraction=args.test_fraction,
         caption_fraction=args.caption_fraction, text_only_fraction=text_only, multi_image_fraction=multi,
+        multi_turn_fraction=args.multi_turn_fraction, max_follow_ups=args.max_follow_ups,
         overwrite=args.overwrite, progress=not args.no_progress,
     )
     print(f"wrote {args.out}: {stats['train']['n']} train / {stats['test']['n']} test "
@@ -165,6 +166,10 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
                    help="share of text-only samples (shrunk to fit next to --caption-fraction)")
     s.add_argument("--multi-image-fraction", type=float, default=0.05,
                    help="share of two-image samples (shrunk to fit next to --caption-fraction)")
+    s.add_argument("--multi-turn-fraction", type=float, default=0.2,
+                   help="share of single-image questions followed by more questions about the same image")
+    s.add_argument("--max-follow-ups", type=int, default=2,
+                   help="follow-up questions per multi-turn sample: 1 to N, at most one per question type (max 5)")
     s.add_argument("--overwrite", action="store_true", help="replace a previous synthetic dataset in --out")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_data_synth)
