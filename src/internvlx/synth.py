@@ -76,9 +76,13 @@ from tqdm import tqdm
 
 from internvlx.errors import ConfigError, DataError
 
-#: Bumped whenever the same seed would produce different data (2: follow-up questions never
-#: ask what an earlier question of the record already says).
+#: Bumped whenever the same seed would produce different data; recorded in ``stats.json``.
+#: 2: follow-up questions never ask what an earlier turn of the record already says, and
+#: captions say "an orange ...". Images, first questions and every other record are as in 1.
 SYNTH_VERSION = 2
+#: Part of every random stream's seed: bumped only when the random draws themselves change
+#: (version 2 changed which follow-ups are kept and caption wording, not the draws).
+_STREAM_VERSION = 1
 
 RGB = tuple[int, int, int]
 
@@ -848,7 +852,7 @@ def _follow_ups(rng: np.random.Generator, scene: Scene, first: QA, most: int = 2
 
 @lru_cache(maxsize=256)
 def _schedule_offset(seed: int, split: str) -> float:
-    return float(np.random.default_rng([SYNTH_VERSION, seed, _SPLIT_CODE[split], 2**32]).random())
+    return float(np.random.default_rng([_STREAM_VERSION, seed, _SPLIT_CODE[split], 2**32]).random())
 
 
 def sample_kind(index: int, split: str, options: SynthOptions) -> str:
@@ -882,7 +886,7 @@ def generate_sample(
         raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
         raise ConfigError(f"index must be a non-negative integer, got {index!r}")
-    rng = np.random.default_rng([SYNTH_VERSION, options.seed, _SPLIT_CODE[split], index])
+    rng = np.random.default_rng([_STREAM_VERSION, options.seed, _SPLIT_CODE[split], index])
     res = options.resolution
     kind = sample_kind(index, split, options)
     if kind == "text_only":
