@@ -1,12 +1,19 @@
 """Package a trained run as the shipped demo model (`models/internvlx-demo/`).
 
-    python benchmarks/package_demo_model.py --config configs/demo.yaml \
-        --eval eval_results/demo/summary.json --data data/synth-easy-mt --out models/internvlx-demo \
+    python benchmarks/package_demo_model.py --config configs/demo-stage3.yaml \
+        --history models/internvlx-demo --eval eval_results/demo/summary.json \
+        --data data/synth-easy-mt --out models/internvlx-demo \
         --note benchmarks/notes/demo_model_card_note.md
 
 Casts the weights to bfloat16, saves model + tokenizer + processor, copies a handful of
 held-out synthetic scenes with questions for `make demo`, and writes the model card from the
-training summary and the evaluation summary (nothing in the card is typed by hand).
+training summaries and the evaluation summary (nothing in the card is typed by hand).
+
+Every stage that made the model is recorded in the model directory's `training_stages.json`
+(config path and text, data command, steps, losses, speed, precision). `--config` names the
+stages trained here (their `output_dir/train_summary.json` must exist); `--history` is a model
+directory whose `training_stages.json` lists the stages before them (e.g. the model the first
+`--config` started from), so a model continued in a later session keeps its whole recipe.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import json
 import platform
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -23,6 +31,7 @@ from internvlx import InternVLXForConditionalGeneration, InternVLXProcessor
 from internvlx.jsonl import iter_jsonl
 
 DEMO_QTYPES = ("colour", "shape", "count", "position", "text")
+STAGES_JSON = "training_stages.json"
 
 
 def pick_demo_images(data: Path, out: Path, per_type: int = 1) -> list[str]:
@@ -60,14 +69,41 @@ def synth_command(data: Path) -> str:
             f"--test-fraction {stats['test_fraction']:g} --resolution {stats['resolution']}{extra}")
 
 
-def precision_text(config_path: Path) -> str:
-    """How the run computed (from its config): "bf16 autocast, one thread" / "float32, 2 threads"."""
-    import yaml
-
-    train = (yaml.safe_load(config_path.read_text()) or {}).get("train", {})
+def precision_text(train: dict) -> str:
+    """How a run computed, from its config's `train` section: "float32, one thread", ..."""
     threads = train.get("num_threads")
     threads_text = "all threads" if not threads else ("one thread" if threads == 1 else f"{threads} threads")
     return f"{'bf16 autocast with float32 master weights' if train.get('bf16') else 'float32'}, {threads_text}"
+
+
+def stage_record(config_path: Path, summary: dict, data_command: str) -> dict[str, Any]:
+    """What the model card says about one training stage, from its config and train_summary.json."""
+    import yaml
+
+    text = config_path.read_text()
+    train = (yaml.safe_load(text) or {}).get("train", {})
+    history = summary.get("log_history", [])
+    losses = [h["loss"] for h in history if "loss" in h]
+    runtime = next((h["train_runtime"] for h in history if "train_runtime" in h), None)
+    return {
+        "config": str(config_path), "config_text": text.strip(), "data_command": data_command,
+        "steps": summary.get("steps"), "batch_size": summary.get("batch_size", train.get("batch_size", 16)),
+        "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+        "train_loss": summary.get("train_loss"), "samples_per_s": summary.get("train_samples_per_second"),
+        "runtime_min": runtime / 60 if runtime is not None else None, "precision": precision_text(train),
+        "machine": f"{platform.processor() or platform.machine()}, 2 CPU cores",
+    }
+
+
+def _num(value: Any, fmt: str) -> str:
+    return "?" if value is None else format(value, fmt)
+
+
+def stage_line(stage: dict) -> str:
+    return (f"* `{stage['config']}`: {stage['steps']} steps x {stage['batch_size']}, loss "
+            f"{_num(stage['loss_first'], '.2f')} → {_num(stage['loss_last'], '.2f')} (mean "
+            f"{_num(stage['train_loss'], '.3f')}), {_num(stage['samples_per_s'], '')} samples/s, "
+            f"{_num(stage['runtime_min'], '.0f')} min, {stage['precision']} on {stage['machine']}")
 
 
 def tiling_text(tiling) -> str:
@@ -76,26 +112,28 @@ def tiling_text(tiling) -> str:
     return f"RVTC `{tiling.policy}`, up to {tiling.max_tiles} tiles{' + thumbnail' if tiling.thumbnail else ''}"
 
 
-def stage_line(config_path: Path, summary: dict) -> str:
-    history = summary.get("log_history", [])
-    losses = [h["loss"] for h in history if "loss" in h]
-    runtime = next((h["train_runtime"] for h in history if "train_runtime" in h), float("nan"))
-    return (f"* `{config_path}`: {summary.get('steps')} steps x {summary.get('batch_size', 16)}, loss "
-            f"{losses[0] if losses else float('nan'):.2f} → {losses[-1] if losses else float('nan'):.2f} "
-            f"(mean {summary.get('train_loss', float('nan')):.3f}), {summary.get('train_samples_per_second')} "
-            f"samples/s, {runtime / 60:.0f} min")
+def recipe(stages: list[dict]) -> str:
+    """The commands, in order: each data set is generated before the first stage that uses it."""
+    lines, made = [], set()
+    for s in stages:
+        if s["data_command"] not in made:
+            made.add(s["data_command"])
+            lines.append(s["data_command"])
+        lines.append(f"internvlx train {s['config']}")
+    return "\n".join(lines)
 
 
-def model_card(stages: list[tuple[Path, dict]], evaluation: dict, size_bytes: int, n_params: int, config,
-               data: Path, run: Path, limit: int | None = None, note: Path | None = None) -> str:
+def model_card(stages: list[dict], evaluation: dict, size_bytes: int, n_params: int, config,
+               data: Path, run: Path, limit: int | None = None, note: Path | None = None,
+               package_args: str = "") -> str:
     rows = "\n".join(
         f"| {q} | {v['count']} | {v['score']:.3f} |"
         for q, v in sorted(evaluation.get("breakdown", {}).get("qtype", {}).items())
     )
-    train_cmds = "\n".join(f"internvlx train {c}" for c, _ in stages)
-    stage_lines = "\n".join(stage_line(c, s) for c, s in stages)
-    configs = "\n\n".join(f"`{c}`:\n\n```yaml\n{c.read_text().strip()}\n```" for c, _ in stages)
-    total_steps = sum(s.get("steps") or 0 for _, s in stages)
+    stage_lines = "\n".join(stage_line(s) for s in stages)
+    configs = "\n\n".join(f"`{s['config']}`:\n\n```yaml\n{s['config_text']}\n```" for s in stages)
+    total_steps = sum(s.get("steps") or 0 for s in stages)
+    vt = evaluation.get("visual_tokens", {})
     return f"""# internvlx-demo
 
 A small InternVL-X model (PVTC projector + LVTC + RVTC length tiling) trained **from random
@@ -114,28 +152,27 @@ show the pipeline working end to end offline; it knows nothing but the synthetic
 ## How it was trained
 
 ```bash
-{synth_command(data)}
-{train_cmds}
+{recipe(stages)}
 internvlx eval {run}/final --task synth --data {data}/test.jsonl{f' --limit {limit}' if limit else ''} --batch-size 16 --out eval_results/demo
-python benchmarks/package_demo_model.py --config {' '.join(str(c) for c, _ in stages)} --eval eval_results/demo/summary.json --data {data}{f' --note {note}' if note else ''}
+python benchmarks/package_demo_model.py {package_args}--eval eval_results/demo/summary.json --data {data}{f' --note {note}' if note else ''}
 ```
 
 {stage_lines}
 
-on {platform.processor() or platform.machine()} (2 CPU cores, {precision_text(stages[-1][0])}; another job
-shared the machine while it ran).
+(another job shared the machine while some stages ran; `{STAGES_JSON}` beside this card holds
+these records.)
 
 ## Held-out accuracy (synthetic test split, exact match)
 
 Overall: **{evaluation.get('score', float('nan')):.3f}** over {evaluation.get('count')} samples;
-{evaluation.get('visual_tokens', {}).get('llm_input_mean', float('nan')):.1f} visual tokens at the LLM input per
-sample on average ({evaluation.get('visual_tokens', {}).get('mean_per_layer', float('nan')):.1f} averaged over layers).
+{vt.get('llm_input_mean', float('nan')):.1f} visual tokens at the LLM input per
+sample on average ({vt.get('mean_per_layer', float('nan')):.1f} averaged over layers).
 
 | question type | samples | accuracy |
 | --- | ---: | ---: |
 {rows}
 
-Limitations: trained on {total_steps} x {stages[-1][1].get('batch_size', 16)} synthetic samples only; answers about real photos
+Limitations: trained on {total_steps} x {stages[-1].get('batch_size', 16)} synthetic samples only; answers about real photos
 are meaningless. Retraining with the commands above reproduces it up to run-to-run noise.
 
 ## Training configs
@@ -144,20 +181,38 @@ are meaningless. Retraining with the commands above reproduces it up to run-to-r
 """
 
 
+def read_history(model_dir: Path | None) -> list[dict]:
+    if model_dir is None:
+        return []
+    path = model_dir / STAGES_JSON
+    if not path.exists():
+        raise SystemExit(f"--history {model_dir}: no {STAGES_JSON} there (the stages that made that model)")
+    return json.loads(path.read_text())
+
+
 def main() -> None:
     import yaml
 
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--config", type=Path, nargs="+", default=[Path("configs/demo.yaml")],
-                    help="the training configs, in order; the model is the last one's output_dir/final")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, nargs="+", default=[Path("configs/demo-stage3.yaml")],
+                    help="the stages trained here, in order; the model is the last one's output_dir/final")
+    ap.add_argument("--history", type=Path, default=None,
+                    help=f"model directory whose {STAGES_JSON} lists the stages before --config")
     ap.add_argument("--eval", type=Path, default=Path("eval_results/demo/summary.json"))
-    ap.add_argument("--data", type=Path, default=Path("data/synth-easy-mt"))
+    ap.add_argument("--data", type=Path, default=Path("data/synth-easy-mt"),
+                    help="the last stage's data set (its test split was evaluated; demo scenes come from it)")
     ap.add_argument("--out", type=Path, default=Path("models/internvlx-demo"))
     ap.add_argument("--note", type=Path, default=None,
                     help="markdown appended to the model card (the interpretation of the numbers)")
     args = ap.parse_args()
-    runs = [Path(yaml.safe_load(c.read_text())["output_dir"]) for c in args.config]
-    stages = [(c, json.loads((r / "train_summary.json").read_text())) for c, r in zip(args.config, runs, strict=True)]
+    stages = read_history(args.history)
+    runs = []
+    for c in args.config:
+        cfg = yaml.safe_load(c.read_text())
+        run = Path(cfg["output_dir"])
+        data_dir = Path(cfg["data"]["meta"]).parent
+        stages.append(stage_record(c, json.loads((run / "train_summary.json").read_text()), synth_command(data_dir)))
+        runs.append(run)
     run = runs[-1]
     model = InternVLXForConditionalGeneration.from_pretrained(run / "final").to(torch.bfloat16)
     processor = InternVLXProcessor.from_pretrained(run / "final")
@@ -169,13 +224,16 @@ def main() -> None:
         shutil.rmtree(args.out)
     model.save_pretrained(args.out)
     processor.save_pretrained(args.out)
+    (args.out / STAGES_JSON).write_text(json.dumps(stages, indent=2) + "\n")
     pick_demo_images(args.data, args.out / "demo_images")
     size = sum(f.stat().st_size for f in args.out.glob("*.safetensors"))
     evaluation = json.loads(args.eval.read_text())
     n_test = sum(1 for _ in iter_jsonl(args.data / "test.jsonl"))
     limit = evaluation.get("count") if evaluation.get("count", n_test) < n_test else None
+    package_args = f"--config {' '.join(str(c) for c in args.config)} " + (
+        f"--history {args.history} " if args.history else "")
     card = model_card(stages, evaluation, size, sum(p.numel() for p in model.parameters()), model.config,
-                      args.data, run, limit, args.note)
+                      args.data, run, limit, args.note, package_args)
     if args.note is not None:
         card += "\n" + args.note.read_text().strip() + "\n"
     (args.out / "README.md").write_text(card)

@@ -45,35 +45,64 @@ def test_demo_scale_baseline_is_internvl2_style():
     assert f"{ours.llm_input_tokens} visual tokens in" in text and f"{theirs.llm_input_tokens} tokens" in text
 
 
-def test_model_card_states_commands_configs_and_accuracy(tmp_path):
-    import json
+def _package_module():
     from pathlib import Path
 
     spec = importlib.util.spec_from_file_location(
         "package_demo_model", Path(__file__).resolve().parents[1] / "benchmarks" / "package_demo_model.py")
     pkg = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(pkg)
-    data = tmp_path / "synth-easy"
+    return pkg
+
+
+def test_model_card_states_commands_configs_and_accuracy(tmp_path):
+    import json
+    from pathlib import Path
+
+    pkg = _package_module()
+    data = tmp_path / "synth-easy-mt"
     data.mkdir()
     options = {"resolution": "easy", "seed": 0, "caption_fraction": 0.15, "text_only_fraction": 0.05,
                "multi_image_fraction": 0.05, "multi_turn_fraction": 1.0, "max_follow_ups": 5}
     (data / "stats.json").write_text(json.dumps(
-        {"resolution": "easy", "seed": 0, "test_fraction": 0.03125, "train": {"n": 62000}, "test": {"n": 2000},
+        {"resolution": "easy", "seed": 0, "test_fraction": 0.02, "train": {"n": 98000}, "test": {"n": 2000},
          "options": options}))
-    cfgs = []
-    for name, steps, loss in (("one.yaml", 3600, 0.9), ("two.yaml", 2400, 0.7)):
-        (tmp_path / name).write_text(f"output_dir: runs/{name}\ntrain: {{bf16: true, num_threads: 1}}\n")
-        cfgs.append((tmp_path / name, {"steps": steps, "batch_size": 16, "train_loss": loss,
-                                       "train_samples_per_second": 20.0,
-                                       "log_history": [{"loss": 5.0}, {"loss": loss}, {"train_runtime": 600.0}]}))
+    command = pkg.synth_command(data)
+    # options at their defaults are left out
+    assert command == (f"internvlx data synth --out {data} --n 100000 --seed 0 --test-fraction 0.02 "
+                       "--resolution easy --multi-turn-fraction 1 --max-follow-ups 5")
+    # an earlier stage (from a previous model's training_stages.json) on another data set
+    earlier = {"config": "configs/one.yaml", "config_text": "output_dir: runs/one", "data_command": "synth OLD",
+               "steps": 3600, "batch_size": 16, "loss_first": 5.4, "loss_last": 0.9, "train_loss": 1.0,
+               "samples_per_s": 17.8, "runtime_min": 54.0, "precision": "float32, one thread",
+               "machine": "x86_64, 2 CPU cores"}
+    cfg = tmp_path / "two.yaml"
+    cfg.write_text("output_dir: runs/two\ntrain: {bf16: false, num_threads: 2}\n")
+    summary = {"steps": 2400, "batch_size": 16, "train_loss": 0.7, "train_samples_per_second": 20.0,
+               "log_history": [{"loss": 5.0}, {"loss": 0.6}, {"train_runtime": 600.0}]}
+    stage = pkg.stage_record(cfg, summary, command)
+    assert stage["loss_first"] == 5.0 and stage["loss_last"] == 0.6 and stage["runtime_min"] == 10.0
+    assert stage["precision"] == "float32, 2 threads"
     evaluation = {"score": 0.5, "count": 1000, "visual_tokens": {"llm_input_mean": 4.0, "mean_per_layer": 7.0},
                   "breakdown": {"qtype": {"colour": {"count": 150, "score": 0.75}}}}
-    card = pkg.model_card(cfgs, evaluation, 15 * 2**20, 7_000_000, InternVLXConfig.from_preset(
-        "demo", tiling={"max_tiles": 1}), data, Path("runs/demo"), limit=1000)
-    assert ("internvlx data synth --out " + str(data) + " --n 64000 --seed 0 --test-fraction 0.03125 --resolution easy"
-            " --multi-turn-fraction 1 --max-follow-ups 5\n") in card  # options at their defaults are left out
-    assert "bf16 autocast with float32 master weights, one thread" in card
-    assert f"internvlx train {cfgs[0][0]}\ninternvlx train {cfgs[1][0]}" in card
+    card = pkg.model_card([earlier, stage], evaluation, 15 * 2**20, 7_000_000, InternVLXConfig.from_preset(
+        "demo", tiling={"max_tiles": 1}), data, Path("runs/two"), limit=1000, package_args="--config two.yaml ")
+    # each data set is generated right before the first stage that trains on it
+    assert f"synth OLD\ninternvlx train configs/one.yaml\n{command}\ninternvlx train {cfg}\n" in card
     assert "--limit 1000" in card and "| colour | 150 | 0.750 |" in card and "**0.500**" in card
     assert "capped at one tile" in card and "6000 x 16" in card
-    assert "output_dir: runs/two.yaml" in card  # every config is embedded verbatim
+    assert "loss 5.00 → 0.60 (mean 0.700), 20.0 samples/s, 10 min, float32, 2 threads" in card
+    assert "output_dir: runs/one" in card and "output_dir: runs/two" in card  # every config verbatim
+
+
+def test_shipped_model_records_its_stages():
+    import json
+
+    stages_file = demo.DEMO_MODEL / "training_stages.json"
+    assert stages_file.exists(), "the shipped demo model must list the stages that made it"
+    stages = json.loads(stages_file.read_text())
+    assert len(stages) >= 2 and all(s["steps"] > 0 and s["data_command"].startswith("internvlx data synth")
+                                    for s in stages)
+    card = (demo.DEMO_MODEL / "README.md").read_text()
+    for s in stages:  # the card shows every stage's command and config
+        assert f"internvlx train {s['config']}" in card and s["config_text"] in card
