@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
