@@ -106,3 +106,19 @@ def test_shipped_model_records_its_stages():
     card = (demo.DEMO_MODEL / "README.md").read_text()
     for s in stages:  # the card shows every stage's command and config
         assert f"internvlx train {s['config']}" in card and s["config_text"] in card
+
+
+def test_demo_recipe_configs_parse_and_chain():
+    """configs/demo*.yaml: stage 1 starts from the preset, every later stage from the one before."""
+    from pathlib import Path
+
+    from internvlx.train import RunConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    chain = [RunConfig.from_yaml(root / name) for name in ("demo.yaml", "demo-stage2.yaml", "demo-stage3.yaml")]
+    assert chain[0].model["init"] == "preset:demo"
+    for before, after in zip(chain, chain[1:], strict=False):
+        assert after.model["init"] == f"{before.output_dir}/final"
+    assert chain[2].data["meta"] == "data/synth-easy-mt/meta_train.json"
+    # each stage continues at a lower peak learning rate than the one before
+    assert chain[0].optim["lr"] > chain[1].optim["lr"] > chain[2].optim["lr"]
