@@ -22,6 +22,7 @@ import argparse
 import json
 import platform
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import torch
 
 from internvlx import InternVLXForConditionalGeneration, InternVLXProcessor
 from internvlx.jsonl import iter_jsonl
+from internvlx.synth import SynthOptions
 
 DEMO_QTYPES = ("colour", "shape", "count", "position", "text")
 STAGES_JSON = "training_stages.json"
@@ -53,9 +55,9 @@ def pick_demo_images(data: Path, out: Path, per_type: int = 1) -> list[str]:
     return names
 
 
-#: `internvlx data synth` options recorded in stats.json, with the CLI defaults (left out when equal).
-SYNTH_FLAGS = {"caption_fraction": 0.15, "text_only_fraction": 0.05, "multi_image_fraction": 0.05,
-               "multi_turn_fraction": 0.2, "max_follow_ups": 2}
+#: `internvlx data synth` options recorded in stats.json and their defaults (left out when equal);
+#: resolution and seed are always written.
+SYNTH_FLAGS = {k: v for k, v in asdict(SynthOptions()).items() if k not in ("resolution", "seed")}
 
 
 def synth_command(data: Path) -> str:

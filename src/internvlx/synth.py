@@ -223,8 +223,9 @@ class SynthOptions:
     samples; the rest is split evenly among :data:`IMAGE_QTYPES`. ``multi_turn_fraction`` is
     the share of those single-image questions that get follow-up questions about the same
     image: between one and ``max_follow_ups`` of them (at most one per question type of
-    :data:`IMAGE_QTYPES`, fewer where a scene has nothing to ask of a type). More questions per image give the image pathway more supervision
-    for the same vision forward pass (what the demo model trains on).
+    :data:`IMAGE_QTYPES`, fewer where a scene has nothing to ask of a type). More questions per
+    image give the image pathway more supervision for the same vision forward pass (what the
+    demo model's stage 3 trains on).
     """
 
     resolution: str = "low"
@@ -837,12 +838,10 @@ def _given_away(qa: QA, said: list[str]) -> bool:
 
 def _follow_ups(rng: np.random.Generator, scene: Scene, first: QA, most: int = 2) -> list[QA]:
     wanted = int(rng.integers(1, most + 1))
-    asked, turns = {first.question}, []
-    said = [first.question, first.answer]
+    said, turns = [first.question, first.answer], []  # the record's text so far
     for k in rng.permutation(len(IMAGE_QTYPES)):
         qa = _ASKERS[IMAGE_QTYPES[int(k)]](rng, scene)
-        if qa is not None and qa.question not in asked and not _given_away(qa, said):
-            asked.add(qa.question)
+        if qa is not None and qa.question not in said and not _given_away(qa, said):
             said += [qa.question, qa.answer]
             turns.append(qa)
             if len(turns) == wanted:
