@@ -345,11 +345,23 @@ def _inits() -> set[str]:
     return {yaml.safe_load(f.read_text())["model"]["init"] for f in RUNS.glob("*/run.yaml")}
 
 
-def _commands() -> str:
-    """The commands that reproduce the sweep in RUNS."""
+def _commands(grouped: dict[str, list[dict]]) -> str:
+    """The commands that reproduce the sweep in RUNS: one `run` per section, with the steps,
+    batch size and evaluation size its runs recorded."""
     runs = f" --runs {RUNS.relative_to(ROOT) if RUNS.is_relative_to(ROOT) else RUNS}" if RUNS != ROOT / "runs" / "table" else ""
     init = "".join(f" --init {i}" for i in sorted(_inits()) if not i.startswith("preset:"))
-    return f"`python benchmarks/compression_table.py run{init}{runs}` then `python benchmarks/compression_table.py report{runs}`"
+    cmds = []
+    for set_name in dict.fromkeys(v["set"] for v in VARIANTS.values()):
+        names = [n for n in grouped if VARIANTS[n]["set"] == set_name]
+        done = [r for n in names for r in grouped[n]]
+        if not done:
+            continue
+        budgets = sorted({(r["steps"], r["batch_size"], r["count"]) for r in done})
+        seeds = " ".join(str(s) for s in sorted({r["seed"] for r in done}))
+        for steps, batch, count in budgets:
+            cmds.append(f"`python benchmarks/compression_table.py run{init}{runs} --variants {' '.join(names)} "
+                        f"--seeds {seeds} --steps {steps} --batch-size {batch} --limit {count}`")
+    return ", ".join(cmds) + f", then `python benchmarks/compression_table.py report{runs}`"
 
 
 def _protocol() -> str:
@@ -373,7 +385,7 @@ def cmd_report(args) -> None:
     parts = [
         "# Compression vs accuracy, in miniature",
         "",
-        f"Produced by {_commands()} "
+        f"Produced by {_commands(grouped)} "
         f"on {machine} ({time.strftime('%Y-%m-%d')}). {_protocol()} Every row is trained with the "
         f"project's trainer (same data order, learning rates, steps and seeds "
         "for every variant of a section), then evaluated on the held-out synthetic split with `internvlx.evaluation` "

@@ -114,3 +114,23 @@ def test_reinit_starts_named_modules_afresh_and_keeps_the_rest(tmp_path):
     assert changed  # the projector was re-initialised, not loaded
     kept = _load_for_training(Path(base), {}, seed=9)
     assert all(torch.equal(v, saved[k]) for k, v in kept.state_dict().items())
+
+
+def test_report_command_reproduces_each_section_budget(table, tmp_path, monkeypatch):
+    """The page's command names, per section, the steps, batch size and evaluation size the runs
+    recorded (a bare `run` would train 600 x 8 and evaluate 400, not what the page reports)."""
+    monkeypatch.setattr(table, "RUNS", tmp_path)
+    (tmp_path / "pvtc-r0.5-s0").mkdir()
+    (tmp_path / "pvtc-r0.5-s0" / "run.yaml").write_text("model: {init: runs/demo-stage3/final}\n")
+
+    def done(variant, seed, steps, count):
+        return {**_result(variant, seed, 0.5, 1e9), "steps": steps, "batch_size": 16, "count": count}
+
+    grouped = {"pvtc-r0.5": [done("pvtc-r0.5", 0, 200, 1000), done("pvtc-r0.5", 1, 200, 1000)],
+               "rvtc-area": [done("rvtc-area", 0, 80, 300), done("rvtc-area", 1, 80, 300)]}
+    text = table._commands(grouped)
+    one_tile, tiles = text.split("`, `")[:2]
+    assert "--init runs/demo-stage3/final" in one_tile and f"--runs {tmp_path}" in one_tile
+    assert "--variants pvtc-r0.5 --seeds 0 1 --steps 200 --batch-size 16 --limit 1000" in one_tile
+    assert "--variants rvtc-area --seeds 0 1 --steps 80 --batch-size 16 --limit 300" in tiles
+    assert text.endswith(f"report --runs {tmp_path}`")
