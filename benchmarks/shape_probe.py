@@ -153,8 +153,8 @@ def main(argv: list[str] | None = None) -> None:
             curves[name] = supervise(vision.float(), pixels, shapes, n, args.steps, seed=args.seed)
             print(f"  trained {name} on shape labels: {time.perf_counter() - t:.0f} s", file=sys.stderr)
         steps = [s for s, _ in curves["the model's ViT"]]
-        print(f"\nDirect supervision: ViT + linear head on shape labels only, batch 32, AdamW lr 1e-3; "
-              f"held-out shape accuracy by step\n")
+        print("\nDirect supervision: ViT + linear head on shape labels only, batch 32, AdamW lr 1e-3; "
+              "held-out shape accuracy by step\n")
         print("| ViT | " + " | ".join(str(s) for s in steps) + " |")
         print("| --- |" + " ---: |" * len(steps))
         for name, curve in curves.items():

@@ -115,10 +115,12 @@ def test_demo_recipe_configs_parse_and_chain():
     from internvlx.train import RunConfig
 
     root = Path(__file__).resolve().parents[1] / "configs"
-    chain = [RunConfig.from_yaml(root / name) for name in ("demo.yaml", "demo-stage2.yaml", "demo-stage3.yaml")]
+    chain = [RunConfig.from_yaml(root / name) for name in ("demo.yaml", "demo-stage2.yaml", "demo-stage3.yaml",
+                                                                 "demo-stage4.yaml")]
     assert chain[0].model["init"] == "preset:demo"
     for before, after in zip(chain, chain[1:], strict=False):
         assert after.model["init"] == f"{before.output_dir}/final"
-    assert chain[2].data["meta"] == "data/synth-easy-mt/meta_train.json"
-    # each stage continues at a lower peak learning rate than the one before
-    assert chain[0].optim["lr"] > chain[1].optim["lr"] > chain[2].optim["lr"]
+    assert chain[2].data["meta"] == chain[3].data["meta"] == "data/synth-easy-mt/meta_train.json"
+    # each stage continues at a lower peak learning rate than the one before, in a data order of its own
+    assert chain[0].optim["lr"] > chain[1].optim["lr"] > chain[2].optim["lr"] > chain[3].optim["lr"]
+    assert len({c.train["seed"] for c in chain}) == len(chain)
