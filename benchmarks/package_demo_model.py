@@ -1,6 +1,6 @@
 """Package a trained run as the shipped demo model (`models/internvlx-demo/`).
 
-    python benchmarks/package_demo_model.py --config configs/demo-stage3.yaml \
+    python benchmarks/package_demo_model.py --config configs/demo-stage4.yaml \
         --history models/internvlx-demo --eval eval_results/demo/summary.json \
         --data data/synth-easy-mt --out models/internvlx-demo \
         --note benchmarks/notes/demo_model_card_note.md
@@ -196,7 +196,7 @@ def main() -> None:
     import yaml
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", type=Path, nargs="+", default=[Path("configs/demo-stage3.yaml")],
+    ap.add_argument("--config", type=Path, nargs="+", default=[Path("configs/demo-stage4.yaml")],
                     help="the stages trained here, in order; the model is the last one's output_dir/final")
     ap.add_argument("--history", type=Path, default=None,
                     help=f"model directory whose {STAGES_JSON} lists the stages before --config")

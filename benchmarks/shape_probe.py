@@ -1,7 +1,7 @@
 """Does a model's vision pathway see shapes? Linear probes and a direct-supervision check.
 
-    python benchmarks/shape_probe.py --model runs/demo-stage3/final
-    python benchmarks/shape_probe.py --model models/internvlx-demo --train 3200 --test 800 --steps 1000
+    python benchmarks/shape_probe.py --model models/internvlx-demo
+    python benchmarks/shape_probe.py --model runs/demo-stage4/final --train 3200 --test 800 --steps 1000
 
 Renders single-object "easy" scenes (one shape of one colour on the grey background, the same
 sizes and canvases as `internvlx data synth --resolution easy`), so every image has exactly one
@@ -126,9 +126,9 @@ def main(argv: list[str] | None = None) -> None:
     processor = InternVLXProcessor.from_pretrained(args.model)
     t0 = time.perf_counter()
     images, shapes, colours = single_object_scenes(args.train + args.test, args.seed)
-    pixels = torch.cat([processor.process_image(im, max_tiles=1).pixel_values[:1] for im in images])
+    pixels = torch.cat([processor.process_image(im, max_tiles=1).pixel_values[:1] for im in images]).float()
     n = args.train
-    random_vit = AutoModel.from_config(model.config.vision_config).eval()
+    random_vit = AutoModel.from_config(model.config.vision_config).float().eval()
     with torch.no_grad():
         random_patches = torch.cat([random_vit(pixel_values=pixels[i:i + 64]).last_hidden_state[:, 1:].flatten(1)
                                     for i in range(0, len(pixels), 64)])
