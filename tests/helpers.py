@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import torch
 
 from internvlx import InternVLXConfig, InternVLXForConditionalGeneration
@@ -82,3 +86,14 @@ def build_chat_model_dir(root, *, seed: int = 0, lvtc: bool = False, **overrides
         InternVLXProcessor.from_config(m.config, InternVLXProcessor.from_pretrained(root / "model").tokenizer
                                        ).save_pretrained(root / "model")
     return root / "model"
+
+
+def load_benchmark(name: str):
+    """Import `benchmarks/<name>.py` as a module (registered in sys.modules: dataclasses look
+    their module up while being built)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -3,26 +3,19 @@
 No timing assertions: only structure and the analytic columns are checked.
 """
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "lvtc_prefill.py"
+from tests.helpers import load_benchmark
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("lvtc_prefill_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module
+def lvtc_benchmark():
+    return load_benchmark("lvtc_prefill")
 
 
 def test_quick_run_writes_rows(tmp_path, capsys):
-    bench = load_benchmark()
+    bench = lvtc_benchmark()
     out = tmp_path / "rows.json"
     result = bench.main(["--quick", "--threads", "1", "--repeats", "1", "--json", str(out)])
     saved = json.loads(out.read_text())
@@ -49,7 +42,7 @@ def test_quick_run_writes_rows(tmp_path, capsys):
 
 
 def test_configs_parsing():
-    bench = load_benchmark()
+    bench = lvtc_benchmark()
     names = [v.name for v in bench.parse_configs("19:2, off,12:4,19:2")]
     assert names == ["off", "K=19 s=2", "K=12 s=4"]
     with pytest.raises(SystemExit):

@@ -1,7 +1,6 @@
 """benchmarks/compression_table.py: every variant is a valid training run of the intended
 compressor, and the report aggregates seeds correctly."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -9,16 +8,14 @@ import pytest
 from internvlx import InternVLXForConditionalGeneration
 from internvlx.configuration import InternVLXConfig
 from internvlx.train import RunConfig
+from tests.helpers import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def table():
-    spec = importlib.util.spec_from_file_location("compression_table", ROOT / "benchmarks" / "compression_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("compression_table")
 
 
 EXPECTED = {  # variant: (projector, tokens per tile at the LLM input, tokens per tile in the deep layers)

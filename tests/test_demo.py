@@ -5,6 +5,7 @@ import importlib.util
 from internvlx import demo
 from internvlx.accounting import count_visual_tokens
 from internvlx.configuration import InternVLXConfig
+from tests.helpers import load_benchmark
 
 
 def test_accounting_table_compares_the_baseline_with_each_compressor():
@@ -46,13 +47,7 @@ def test_demo_scale_baseline_is_internvl2_style():
 
 
 def _package_module():
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "package_demo_model", Path(__file__).resolve().parents[1] / "benchmarks" / "package_demo_model.py")
-    pkg = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pkg)
-    return pkg
+    return load_benchmark("package_demo_model")
 
 
 def test_model_card_states_commands_configs_and_accuracy(tmp_path):

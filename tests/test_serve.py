@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import base64
 import http.client
-import importlib.util
 import io
 import json
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
@@ -30,7 +28,7 @@ from internvlx import InternVLXConfig, InternVLXForConditionalGeneration, Intern
 from internvlx.accounting import count_visual_tokens  # noqa: E402
 from internvlx.serve import ServeSettings, create_app  # noqa: E402
 from internvlx.serve.engine import Engine, GenerationRequest  # noqa: E402
-from tests.helpers import build_chat_model_dir  # noqa: E402
+from tests.helpers import build_chat_model_dir, load_benchmark  # noqa: E402
 
 NAME = "tiny"
 ROOT = Path(__file__).resolve().parents[1]
@@ -449,17 +447,12 @@ def test_cli_registers_serve(model_dir):
     assert args.allow_remote_images is None and args.func.__name__ == "serve"
 
 
-def load_benchmark():
-    path = ROOT / "benchmarks" / "serve_load.py"
-    spec = importlib.util.spec_from_file_location("serve_load_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def serve_load_benchmark():
+    return load_benchmark("serve_load")
 
 
 def test_load_benchmark_runs_against_local_server(model_dir):
-    bench = load_benchmark()
+    bench = serve_load_benchmark()
     with pytest.raises(SystemExit):
         bench.run_load("http://10.0.0.1:8000", clients=1, duration=1)
     with pytest.raises(SystemExit):

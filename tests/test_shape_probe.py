@@ -1,8 +1,6 @@
 """benchmarks/shape_probe.py: the probe scenes carry the labels they claim, and both probes
 learn what is learnable (so a near-chance shape result is the features', not the probe's)."""
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,16 +8,12 @@ import torch
 from transformers import AutoModel, InternVLVisionConfig
 
 from internvlx.synth import COLOURS, EASY_BACKGROUND
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def probe():
-    spec = importlib.util.spec_from_file_location("shape_probe", ROOT / "benchmarks" / "shape_probe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("shape_probe")
 
 
 def test_scenes_hold_one_object_of_the_labelled_colour(probe):
