@@ -109,15 +109,31 @@ def supervise(vision: torch.nn.Module, pixels: torch.Tensor, labels: torch.Tenso
     return curve
 
 
+def parse_overrides(text: str) -> dict[str, int]:
+    """`"hidden_size=256,image_size=224"` -> `{"hidden_size": 256, "image_size": 224}` (integers only)."""
+    out = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip().isdigit():
+            raise SystemExit(f"--fresh {text!r}: expected KEY=INTEGER[,KEY=INTEGER], e.g. hidden_size=256")
+        out[key.strip()] = int(value)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, type=Path, help="a trained model directory")
     ap.add_argument("--train", type=int, default=3200, help="probe training scenes")
     ap.add_argument("--test", type=int, default=800, help="held-out scenes")
     ap.add_argument("--steps", type=int, default=1000, help="direct-supervision steps (0: skip)")
+    ap.add_argument("--fresh", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                    help="also train a random-init ViT with these vision-config changes on the shape labels, "
+                         "e.g. hidden_size=256,intermediate_size=1024 or image_size=224 (the tile size; images "
+                         "are re-processed at it); repeatable")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
+    fresh = [parse_overrides(text) for text in args.fresh]
     if not (args.model / "config.json").exists():
         raise SystemExit(f"{args.model} is not a model directory (no config.json)")
     torch.set_num_threads(args.threads)
@@ -147,10 +163,23 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {name} | {100 * accs['shape']:.1f} % | {100 * accs['colour']:.1f} % |")
     if args.steps:
         curves = {}
-        for name, vision in (("the model's ViT", model.vision_model),
-                             ("random-init ViT", AutoModel.from_config(model.config.vision_config))):
+        variants = [("the model's ViT", model.vision_model, pixels),
+                    ("random-init ViT", AutoModel.from_config(model.config.vision_config), pixels)]
+        for changes in fresh:
+            name = "random-init ViT, " + ", ".join(f"{k}={v}" for k, v in changes.items())
+            config = model.config.vision_config.to_dict() | changes
+            if "image_size" in changes:
+                size = changes["image_size"]
+                config["image_size"] = [size, size]
+                tiled = InternVLXProcessor.from_pretrained(args.model, tile_size=size)
+                x = torch.cat([tiled.process_image(im, max_tiles=1).pixel_values[:1] for im in images]).float()
+            else:
+                x = pixels
+            vision_config = type(model.config.vision_config).from_dict(config)
+            variants.append((name, AutoModel.from_config(vision_config), x))
+        for name, vision, x in variants:
             t = time.perf_counter()
-            curves[name] = supervise(vision.float(), pixels, shapes, n, args.steps, seed=args.seed)
+            curves[name] = supervise(vision.float(), x, shapes, n, args.steps, seed=args.seed)
             print(f"  trained {name} on shape labels: {time.perf_counter() - t:.0f} s", file=sys.stderr)
         steps = [s for s, _ in curves["the model's ViT"]]
         print("\nDirect supervision: ViT + linear head on shape labels only, batch 32, AdamW lr 1e-3; "

@@ -56,3 +56,10 @@ def test_direct_supervision_learns_a_learnable_label(probe):
     curve = probe.supervise(vision, pixels, labels, n_train=120, steps=40, batch=16, every=20)
     assert [s for s, _ in curve] == [0, 20, 40]
     assert curve[-1][1] > 0.9
+
+
+def test_fresh_overrides_parse_integers_and_reject_the_rest(probe):
+    assert probe.parse_overrides("hidden_size=256,image_size=224") == {"hidden_size": 256, "image_size": 224}
+    for bad in ("hidden_size", "hidden_size=wide", "=3", "hidden_size=1.5"):
+        with pytest.raises(SystemExit, match="KEY=INTEGER"):
+            probe.parse_overrides(bad)
