@@ -30,7 +30,7 @@ import torch
 
 from internvlx import InternVLXForConditionalGeneration, InternVLXProcessor
 from internvlx.jsonl import iter_jsonl
-from internvlx.synth import SynthOptions
+from internvlx.synth import IMAGE_QTYPES, SynthOptions
 
 DEMO_QTYPES = ("colour", "shape", "count", "position", "text")
 STAGES_JSON = "training_stages.json"
@@ -60,13 +60,19 @@ def pick_demo_images(data: Path, out: Path, per_type: int = 1) -> list[str]:
 SYNTH_FLAGS = {k: v for k, v in asdict(SynthOptions()).items() if k not in ("resolution", "seed")}
 
 
+def _flag_value(name: str, value: Any) -> str:
+    if name == "qtype_weights":  # one weight per question type -> "colour=1,shape=4,..."
+        return ",".join(f"{q}={w:g}" for q, w in zip(IMAGE_QTYPES, value, strict=True))
+    return format(value, "g")
+
+
 def synth_command(data: Path) -> str:
     """The `internvlx data synth` call that regenerates `data`, from its own stats.json."""
     stats = json.loads((data / "stats.json").read_text())
     n = stats["train"]["n"] + stats["test"]["n"]
     options = stats.get("options", {})
-    extra = "".join(f" --{name.replace('_', '-')} {options[name]:g}" for name, default in SYNTH_FLAGS.items()
-                    if name in options and options[name] != default)
+    extra = "".join(f" --{name.replace('_', '-')} {_flag_value(name, options[name])}"
+                    for name, default in SYNTH_FLAGS.items() if name in options and options[name] != default)
     return (f"internvlx data synth --out {data} --n {n} --seed {stats['seed']} "
             f"--test-fraction {stats['test_fraction']:g} --resolution {stats['resolution']}{extra}")
 

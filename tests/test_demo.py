@@ -66,6 +66,20 @@ def test_model_card_states_commands_configs_and_accuracy(tmp_path):
     # options at their defaults are left out
     assert command == (f"internvlx data synth --out {data} --n 100000 --seed 0 --test-fraction 0.02 "
                        "--resolution easy --multi-turn-fraction 1 --max-follow-ups 5")
+    # per-question-type weights come back as the CLI spells them (and the command re-parses)
+    options["qtype_weights"] = [1.0, 4.0, 1.0, 1.0, 0.5]
+    (data / "stats.json").write_text(json.dumps(
+        {"resolution": "easy", "seed": 0, "test_fraction": 0.02, "train": {"n": 98000}, "test": {"n": 2000},
+         "options": options}))
+    weighted = pkg.synth_command(data)
+    flag = "colour=1,shape=4,count=1,position=1,text=0.5"
+    assert weighted == command + f" --qtype-weights {flag}"
+    from internvlx.cli import _qtype_weights
+
+    assert list(_qtype_weights(flag)) == options.pop("qtype_weights")
+    (data / "stats.json").write_text(json.dumps(
+        {"resolution": "easy", "seed": 0, "test_fraction": 0.02, "train": {"n": 98000}, "test": {"n": 2000},
+         "options": options}))
     # an earlier stage (from a previous model's training_stages.json) on another data set
     earlier = {"config": "configs/one.yaml", "config_text": "output_dir: runs/one", "data_command": "synth OLD",
                "steps": 3600, "batch_size": 16, "loss_first": 5.4, "loss_last": 0.9, "train_loss": 1.0,

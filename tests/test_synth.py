@@ -501,3 +501,56 @@ def test_cli_multi_turn_options_reach_the_data(tmp_path):
     image_records = [r for r in records if r["qtype"] in IMAGE_QTYPES]
     assert image_records and sum(len(r["turn_qtypes"]) >= 2 for r in image_records) > 0.8 * len(image_records)
     assert max(len(r["turn_qtypes"]) for r in records) <= 5
+
+
+def test_qtype_weights_none_keeps_every_kind_and_equal_weights_match_it():
+    """qtype_weights=None is the original schedule; explicit equal weights pick the same kinds
+    except where float rounding sits exactly on a boundary (never in these 3,000 indices)."""
+    from internvlx.synth import SynthOptions, sample_kind
+
+    plain = SynthOptions(resolution="easy")
+    equal = SynthOptions(resolution="easy", qtype_weights=(1, 1, 1, 1, 1))
+    kinds = [sample_kind(i, "train", plain) for i in range(3000)]
+    assert kinds == [sample_kind(i, "train", equal) for i in range(3000)]
+
+
+def test_qtype_weights_set_the_shares_and_zero_removes_a_type():
+    from collections import Counter
+
+    from internvlx.synth import IMAGE_QTYPES, SynthOptions, sample_kind
+
+    options = SynthOptions(resolution="easy", caption_fraction=0, text_only_fraction=0, multi_image_fraction=0,
+                           qtype_weights=(1, 4, 1, 0, 2))
+    counts = Counter(sample_kind(i, "train", options) for i in range(8000))
+    assert "position" not in counts and set(counts) == set(IMAGE_QTYPES) - {"position"}
+    assert abs(counts["shape"] / 8000 - 0.5) < 0.01 and abs(counts["text"] / 8000 - 0.25) < 0.01
+    assert abs(counts["colour"] / 8000 - 0.125) < 0.01
+
+
+@pytest.mark.parametrize("weights", [(1, 1), (1, 1, 1, 1, -1), (0, 0, 0, 0, 0), (1, 1, 1, 1, True), "shape"])
+def test_qtype_weights_reject_malformed(weights):
+    from internvlx.errors import ConfigError
+    from internvlx.synth import SynthOptions
+
+    with pytest.raises(ConfigError, match="qtype_weights"):
+        SynthOptions(qtype_weights=weights).validate()
+
+
+def test_cli_qtype_weights_parse_and_reach_the_dataset(tmp_path):
+    import argparse
+    import json
+
+    from internvlx.cli import _qtype_weights, main
+
+    assert _qtype_weights("shape=4,text=0") == (1.0, 4.0, 1.0, 1.0, 0.0)
+    for bad in ("shape", "hue=2", "shape=-1", "shape=x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="TYPE=WEIGHT"):
+            _qtype_weights(bad)
+    out = tmp_path / "d"
+    assert main(["data", "synth", "--out", str(out), "--n", "40", "--resolution", "easy", "--qtype-weights",
+                 "shape=1,colour=0,count=0,position=0,text=0", "--caption-fraction", "0", "--text-only-fraction", "0",
+                 "--multi-image-fraction", "0", "--no-progress"]) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["options"]["qtype_weights"] == [0.0, 1.0, 0.0, 0.0, 0.0]
+    records = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert records and {r["qtype"] for r in records} == {"shape"}

@@ -144,11 +144,30 @@ def _data_synth(args: argparse.Namespace) -> int:
         args.out, args.n, resolution=args.resolution, seed=args.seed, test_fraction=args.test_fraction,
         caption_fraction=args.caption_fraction, text_only_fraction=text_only, multi_image_fraction=multi,
         multi_turn_fraction=args.multi_turn_fraction, max_follow_ups=args.max_follow_ups,
-        overwrite=args.overwrite, progress=not args.no_progress,
+        qtype_weights=args.qtype_weights, overwrite=args.overwrite, progress=not args.no_progress,
     )
     print(f"wrote {args.out}: {stats['train']['n']} train / {stats['test']['n']} test "
           f"samples in {stats['elapsed_s']:.1f} s; question types {stats['qtypes']}")
     return 0
+
+
+def _qtype_weights(text: str) -> tuple[float, ...]:
+    """`"shape=4,position=2"` -> one weight per synth.IMAGE_QTYPES entry (unnamed ones weigh 1)."""
+    from .synth import IMAGE_QTYPES
+
+    weights = dict.fromkeys(IMAGE_QTYPES, 1.0)
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if not sep or name not in weights or not weight >= 0:
+            raise argparse.ArgumentTypeError(
+                f"{item!r}: expected TYPE=WEIGHT with TYPE one of {', '.join(IMAGE_QTYPES)} and WEIGHT >= 0")
+        weights[name] = weight
+    return tuple(weights.values())
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
@@ -170,6 +189,9 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
                    help="share of single-image questions followed by more questions about the same image")
     s.add_argument("--max-follow-ups", type=int, default=2,
                    help="follow-up questions per multi-turn sample: 1 to N, at most one per question type (max 5)")
+    s.add_argument("--qtype-weights", type=_qtype_weights, default=None, metavar="TYPE=W[,TYPE=W]",
+                   help="relative shares of the single-image question types (unnamed types weigh 1), "
+                        "e.g. shape=4: four shape questions for each colour question")
     s.add_argument("--overwrite", action="store_true", help="replace a previous synthetic dataset in --out")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_data_synth)

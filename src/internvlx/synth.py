@@ -220,7 +220,9 @@ class SynthOptions:
     """What a dataset is drawn from; sample ``i`` is a function of these, the split and ``i``.
 
     ``caption_fraction``, ``text_only_fraction`` and ``multi_image_fraction`` are shares of all
-    samples; the rest is split evenly among :data:`IMAGE_QTYPES`. ``multi_turn_fraction`` is
+    samples; the rest is split among :data:`IMAGE_QTYPES`, evenly or in proportion to
+    ``qtype_weights`` (one non-negative weight per type, in that order; ``None``: equal, and the
+    same samples as before the option existed). ``multi_turn_fraction`` is
     the share of those single-image questions that get follow-up questions about the same
     image: between one and ``max_follow_ups`` of them (at most one per question type of
     :data:`IMAGE_QTYPES`, fewer where a scene has nothing to ask of a type). More questions per
@@ -235,6 +237,7 @@ class SynthOptions:
     multi_image_fraction: float = 0.05
     multi_turn_fraction: float = 0.2
     max_follow_ups: int = 2
+    qtype_weights: tuple[float, ...] | None = None
 
     def validate(self) -> SynthOptions:
         if self.resolution not in RESOLUTIONS:
@@ -256,6 +259,15 @@ class SynthOptions:
                 f"max_follow_ups must be an integer from 1 to {most} (one per question type), "
                 f"got {value!r}"
             )
+        weights = self.qtype_weights
+        if weights is not None:
+            if (not isinstance(weights, tuple | list) or len(weights) != most
+                    or any(isinstance(w, bool) or not isinstance(w, int | float) or not w >= 0 for w in weights)
+                    or sum(weights) <= 0):  # fmt: skip
+                raise ConfigError(
+                    f"qtype_weights must be {most} non-negative numbers (for {', '.join(IMAGE_QTYPES)}) "
+                    f"with a positive sum, got {weights!r}"
+                )
         special = self.caption_fraction + self.text_only_fraction + self.multi_image_fraction
         if special > 1 + 1e-9:
             raise ConfigError(
@@ -871,8 +883,15 @@ def sample_kind(index: int, split: str, options: SynthOptions) -> str:
     rest = (
         1.0 - options.caption_fraction - options.text_only_fraction - options.multi_image_fraction
     )
-    k = int(u / rest * len(IMAGE_QTYPES)) if rest > 0 else 0
-    return IMAGE_QTYPES[min(k, len(IMAGE_QTYPES) - 1)]
+    if options.qtype_weights is None:  # equal shares: the original arithmetic, bit for bit
+        k = int(u / rest * len(IMAGE_QTYPES)) if rest > 0 else 0
+        return IMAGE_QTYPES[min(k, len(IMAGE_QTYPES) - 1)]
+    point = u / rest * sum(options.qtype_weights) if rest > 0 else 0.0
+    for qtype, weight in zip(IMAGE_QTYPES, options.qtype_weights, strict=True):
+        if point < weight:
+            return qtype
+        point -= weight
+    return next(q for q, w in zip(reversed(IMAGE_QTYPES), reversed(options.qtype_weights), strict=True) if w > 0)
 
 
 def generate_sample(
@@ -977,6 +996,7 @@ def generate_synthetic(
     multi_image_fraction: float = 0.05,
     multi_turn_fraction: float = 0.2,
     max_follow_ups: int = 2,
+    qtype_weights: Sequence[float] | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -989,7 +1009,8 @@ def generate_synthetic(
     Returns the statistics also written to ``stats.json``, plus ``out_dir`` and ``elapsed_s``.
     """
     options = SynthOptions(resolution, seed, caption_fraction, text_only_fraction,
-                           multi_image_fraction, multi_turn_fraction, max_follow_ups).validate()  # fmt: skip
+                           multi_image_fraction, multi_turn_fraction, max_follow_ups,
+                           None if qtype_weights is None else tuple(qtype_weights)).validate()  # fmt: skip
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"n (number of samples) must be a positive integer, got {n!r}")
     if (
