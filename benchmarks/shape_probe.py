@@ -17,7 +17,7 @@ shape label and one colour label. Then, on held-out scenes:
 
 If colour probes read the tokens and shape probes stay near chance (1/6), the model's answers
 to shape questions cannot be grounded whatever the LLM does: the vision pathway has to learn
-shapes first (docs/training.md, "Why shape questions stay at chance").
+shapes first (docs/training.md, "Session 5: stage 4, and why shape questions stay at chance").
 """
 
 from __future__ import annotations
@@ -70,15 +70,23 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
         return (head(test_x).argmax(1) == test_y).float().mean().item()
 
 
+def tile_pixels(processor: InternVLXProcessor, images) -> torch.Tensor:
+    """One float32 tile per image, at the processor's tile size."""
+    return torch.cat([processor.process_image(im, max_tiles=1).pixel_values[:1] for im in images]).float()
+
+
 @torch.no_grad()
-def features(model: InternVLXForConditionalGeneration, pixels: torch.Tensor, batch: int = 64):
-    """Flattened ViT patch tokens (without CLS) and projector tokens of every image."""
+def features(vision: torch.nn.Module, pixels: torch.Tensor, projector: torch.nn.Module | None = None,
+             batch: int = 64) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Flattened ViT patch tokens (without CLS) of every image, and its projector tokens when a
+    projector is given."""
     vit, proj = [], []
     for i in range(0, len(pixels), batch):
-        hidden = model.vision_model(pixel_values=pixels[i:i + batch]).last_hidden_state
+        hidden = vision(pixel_values=pixels[i:i + batch]).last_hidden_state
         vit.append(hidden[:, 1:].flatten(1))
-        proj.append(model.projector(hidden).flatten(1))
-    return torch.cat(vit), torch.cat(proj)
+        if projector is not None:
+            proj.append(projector(hidden).flatten(1))
+    return torch.cat(vit), torch.cat(proj) if proj else None
 
 
 def supervise(vision: torch.nn.Module, pixels: torch.Tensor, labels: torch.Tensor, n_train: int, steps: int,
@@ -142,13 +150,10 @@ def main(argv: list[str] | None = None) -> None:
     processor = InternVLXProcessor.from_pretrained(args.model)
     t0 = time.perf_counter()
     images, shapes, colours = single_object_scenes(args.train + args.test, args.seed)
-    pixels = torch.cat([processor.process_image(im, max_tiles=1).pixel_values[:1] for im in images]).float()
+    pixels = tile_pixels(processor, images)
     n = args.train
-    random_vit = AutoModel.from_config(model.config.vision_config).float().eval()
-    with torch.no_grad():
-        random_patches = torch.cat([random_vit(pixel_values=pixels[i:i + 64]).last_hidden_state[:, 1:].flatten(1)
-                                    for i in range(0, len(pixels), 64)])
-    vit, proj = features(model, pixels)
+    random_patches, _ = features(AutoModel.from_config(model.config.vision_config).float().eval(), pixels)
+    vit, proj = features(model.vision_model, pixels, model.projector)
     rows = []
     for name, x in (("projector tokens (what the LLM reads)", proj), ("ViT patch tokens", vit),
                     ("ViT patch tokens, random-init ViT", random_patches)):
@@ -157,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append((name, accs))
     print(f"\nLinear probes on frozen features of {args.model} ({n} training / {args.test} held-out "
           f"single-object scenes; {time.perf_counter() - t0:.0f} s)\n")
-    print("| features | shape (chance 16.7 %) | colour (chance 12.5 %) |")
+    print(f"| features | shape (chance {100 * CHANCE['shape']:.1f} %) | colour (chance {100 * CHANCE['colour']:.1f} %) |")
     print("| --- | ---: | ---: |")
     for name, accs in rows:
         print(f"| {name} | {100 * accs['shape']:.1f} % | {100 * accs['colour']:.1f} % |")
@@ -171,8 +176,7 @@ def main(argv: list[str] | None = None) -> None:
             if "image_size" in changes:
                 size = changes["image_size"]
                 config["image_size"] = [size, size]
-                tiled = InternVLXProcessor.from_pretrained(args.model, tile_size=size)
-                x = torch.cat([tiled.process_image(im, max_tiles=1).pixel_values[:1] for im in images]).float()
+                x = tile_pixels(InternVLXProcessor.from_pretrained(args.model, tile_size=size), images)
             else:
                 x = pixels
             vision_config = type(model.config.vision_config).from_dict(config)

@@ -63,3 +63,19 @@ def test_fresh_overrides_parse_integers_and_reject_the_rest(probe):
     for bad in ("hidden_size", "hidden_size=wide", "=3", "hidden_size=1.5"):
         with pytest.raises(SystemExit, match="KEY=INTEGER"):
             probe.parse_overrides(bad)
+
+
+def test_features_flatten_patch_tokens_and_projector_tokens(probe):
+    torch.manual_seed(0)
+    config = InternVLVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                  image_size=[28, 28], patch_size=[14, 14])
+    vision = AutoModel.from_config(config).eval()
+    pixels = torch.randn(5, 3, 28, 28)
+    vit, proj = probe.features(vision, pixels, batch=2)  # batches of 2, 2, 1
+    assert proj is None and vit.shape == (5, 4 * 32)  # 2x2 patches, CLS dropped
+    with torch.no_grad():
+        whole = vision(pixel_values=pixels).last_hidden_state
+    torch.testing.assert_close(vit, whole[:, 1:].flatten(1), rtol=1e-5, atol=1e-5)
+    vit2, proj = probe.features(vision, pixels, projector=torch.nn.Linear(32, 8), batch=3)
+    assert proj.shape == (5, 5 * 8)
+    torch.testing.assert_close(vit, vit2, rtol=1e-5, atol=1e-5)

@@ -891,7 +891,8 @@ def sample_kind(index: int, split: str, options: SynthOptions) -> str:
         if point < weight:
             return qtype
         point -= weight
-    return next(q for q, w in zip(reversed(IMAGE_QTYPES), reversed(options.qtype_weights), strict=True) if w > 0)
+    # rounding left `point` at the very end: the last type that has any share
+    return [q for q, w in zip(IMAGE_QTYPES, options.qtype_weights, strict=True) if w > 0][-1]
 
 
 def generate_sample(
