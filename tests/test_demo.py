@@ -46,40 +46,36 @@ def test_demo_scale_baseline_is_internvl2_style():
     assert f"{ours.llm_input_tokens} visual tokens in" in text and f"{theirs.llm_input_tokens} tokens" in text
 
 
-def _package_module():
-    return load_benchmark("package_demo_model")
-
-
 def test_model_card_states_commands_configs_and_accuracy(tmp_path):
     import json
     from pathlib import Path
 
-    pkg = _package_module()
+    pkg = load_benchmark("package_demo_model")
     data = tmp_path / "synth-easy-mt"
     data.mkdir()
     options = {"resolution": "easy", "seed": 0, "caption_fraction": 0.15, "text_only_fraction": 0.05,
                "multi_image_fraction": 0.05, "multi_turn_fraction": 1.0, "max_follow_ups": 5}
-    (data / "stats.json").write_text(json.dumps(
-        {"resolution": "easy", "seed": 0, "test_fraction": 0.02, "train": {"n": 98000}, "test": {"n": 2000},
-         "options": options}))
+
+    def write_stats():
+        (data / "stats.json").write_text(json.dumps(
+            {"resolution": "easy", "seed": 0, "test_fraction": 0.02, "train": {"n": 98000}, "test": {"n": 2000},
+             "options": options}))
+
+    write_stats()
     command = pkg.synth_command(data)
     # options at their defaults are left out
     assert command == (f"internvlx data synth --out {data} --n 100000 --seed 0 --test-fraction 0.02 "
                        "--resolution easy --multi-turn-fraction 1 --max-follow-ups 5")
     # per-question-type weights come back as the CLI spells them (and the command re-parses)
     options["qtype_weights"] = [1.0, 4.0, 1.0, 1.0, 0.5]
-    (data / "stats.json").write_text(json.dumps(
-        {"resolution": "easy", "seed": 0, "test_fraction": 0.02, "train": {"n": 98000}, "test": {"n": 2000},
-         "options": options}))
+    write_stats()
     weighted = pkg.synth_command(data)
     flag = "colour=1,shape=4,count=1,position=1,text=0.5"
     assert weighted == command + f" --qtype-weights {flag}"
     from internvlx.cli import _qtype_weights
 
     assert list(_qtype_weights(flag)) == options.pop("qtype_weights")
-    (data / "stats.json").write_text(json.dumps(
-        {"resolution": "easy", "seed": 0, "test_fraction": 0.02, "train": {"n": 98000}, "test": {"n": 2000},
-         "options": options}))
+    write_stats()
     # an earlier stage (from a previous model's training_stages.json) on another data set
     earlier = {"config": "configs/one.yaml", "config_text": "output_dir: runs/one", "data_command": "synth OLD",
                "steps": 3600, "batch_size": 16, "loss_first": 5.4, "loss_last": 0.9, "train_loss": 1.0,
