@@ -31,6 +31,7 @@ import torch
 from internvlx import InternVLXForConditionalGeneration, InternVLXProcessor
 from internvlx.jsonl import iter_jsonl
 from internvlx.synth import IMAGE_QTYPES, SynthOptions
+from internvlx.vision_pretrain import pretrain_command
 
 DEMO_QTYPES = ("colour", "shape", "count", "position", "text")
 STAGES_JSON = "training_stages.json"
@@ -93,8 +94,10 @@ def stage_record(config_path: Path, summary: dict, data_command: str) -> dict[st
     history = summary.get("log_history", [])
     losses = [h["loss"] for h in history if "loss" in h]
     runtime = next((h["train_runtime"] for h in history if "train_runtime" in h), None)
+    vision_init = ((yaml.safe_load(text) or {}).get("model") or {}).get("vision_init")
     return {
         "config": str(config_path), "config_text": text.strip(), "data_command": data_command,
+        "vision_command": pretrain_command(vision_init) if vision_init else None,
         "steps": summary.get("steps"), "batch_size": summary.get("batch_size", train.get("batch_size", 16)),
         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
         "train_loss": summary.get("train_loss"), "samples_per_s": summary.get("train_samples_per_second"),
@@ -127,6 +130,8 @@ def recipe(stages: list[dict]) -> str:
         if s["data_command"] not in made:
             made.add(s["data_command"])
             lines.append(s["data_command"])
+        if s.get("vision_command"):  # the pretrained ViT the stage loads (model.vision_init)
+            lines.append(s["vision_command"])
         lines.append(f"internvlx train {s['config']}")
     return "\n".join(lines)
 

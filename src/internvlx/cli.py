@@ -240,6 +240,48 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
 
+def _pretrain_vision(args: argparse.Namespace) -> int:
+    from .vision_pretrain import VisionPretrainConfig, pretrain_vision
+
+    cfg = VisionPretrainConfig(
+        out=args.out, preset=args.preset, init=args.init, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        warmup_steps=args.warmup_steps, resolution=args.resolution, data_seed=args.data_seed, seed=args.seed,
+        eval_every=args.eval_every, eval_images=args.eval_images, num_threads=args.threads,
+        weight_decay=args.weight_decay, min_cover=args.min_cover, position_init=args.position_init,
+    )
+    metrics = pretrain_vision(cfg, progress=not args.no_progress)
+    for row in metrics["history"]:
+        print("step {step:>6}: shape {shape_on_objects:.3f}  colour {colour_on_objects:.3f}  "
+              "foreground {foreground:.3f}  word {word_on_text:.3f}".format(**row))
+    print(f"wrote {args.out} ({metrics['elapsed_s']:.0f} s); use it with model.vision_init: {args.out}")
+    return 0
+
+
+def _add_pretrain_vision(sub: argparse._SubParsersAction) -> None:
+    from .synth import RESOLUTIONS
+
+    p = sub.add_parser("pretrain-vision", help="pretrain a preset's ViT on per-patch synthetic labels (shape, colour, word)")
+    p.add_argument("--out", required=True, help="output directory (vision.safetensors, metrics.json)")
+    p.add_argument("--preset", default="demo", help="the preset whose vision_config and tile size are trained")
+    p.add_argument("--init", default=None, help="a model directory: continue its ViT instead of a fresh preset one")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--warmup-steps", type=int, default=200)
+    p.add_argument("--resolution", choices=RESOLUTIONS, default="easy", help="synthetic scenes to render")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic scenes")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation")
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--min-cover", type=float, default=0.1, help="share of a patch an object must cover to label it")
+    p.add_argument("--position-init", choices=["sincos", "zeros"], default="sincos",
+                   help="start of the ViT's absolute positions (transformers' own init is zeros)")
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--eval-images", type=int, default=512, help="held-out scenes of the periodic evaluation")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_pretrain_vision)
+
+
 def _merge_lora(args: argparse.Namespace) -> int:
     from .train import merge_lora
 
@@ -256,7 +298,7 @@ def _add_merge_lora(sub: argparse._SubParsersAction) -> None:
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_convert, _add_chat, _add_data, _add_train, _add_merge_lora,
+    _add_convert, _add_chat, _add_data, _add_train, _add_pretrain_vision, _add_merge_lora,
 ]
 
 

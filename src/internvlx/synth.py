@@ -389,8 +389,10 @@ def _polygon(shape: str, x: int, y: int, s: int) -> list[tuple[float, float]]:
     raise ValueError(f"no polygon for shape {shape!r}")
 
 
-def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject) -> None:
-    fill, x, y, s = COLOURS[obj.colour], obj.x, obj.y, obj.size
+def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, fill: Any = None) -> None:
+    """Draw one object in its colour (or in ``fill``: the label maps of ``vision_pretrain``)."""
+    fill = COLOURS[obj.colour] if fill is None else fill
+    x, y, s = obj.x, obj.y, obj.size
     if obj.shape == "circle":
         draw.ellipse((x, y, x + s - 1, y + s - 1), fill=fill)
     elif obj.shape == "square":
@@ -407,11 +409,15 @@ def render_scene(scene: Scene) -> Image.Image:
     for obj in scene.objects:
         _draw_object(draw, obj)
     if scene.text is not None:
-        t = scene.text
-        font = _font(t.font_size)
-        left, top, _, _ = font.getbbox(t.word)
-        draw.text((t.x - left, t.y - top), t.word, font=font, fill=COLOURS[t.colour])
+        _draw_text(draw, scene.text, COLOURS[scene.text.colour])
     return image
+
+
+def _draw_text(draw: ImageDraw.ImageDraw, text: TextItem, fill: Any) -> None:
+    """Draw the word so that its ink box starts at ``(text.x, text.y)``."""
+    font = _font(text.font_size)
+    left, top, _, _ = font.getbbox(text.word)
+    draw.text((text.x - left, text.y - top), text.word, font=font, fill=fill)
 
 
 # --------------------------------------------------------------------------- scene layout

@@ -4,7 +4,7 @@ A run is described by a YAML file (see `docs/training.md` and `configs/`):
 
 ```yaml
 output_dir: runs/demo
-model: {init: "preset:tiny", config_overrides: {...}, tokenizer: "bpe:1024"}
+model: {init: "preset:tiny", config_overrides: {...}, tokenizer: "bpe:1024", vision_init: runs/vit}
 data: {meta: data/meta_train.json, max_seq_length: 1024, tiling: {policy: length}}
 stage: 2                       # 1: projector; 2: projector + LLM; scratch: everything
 lora: {llm: {r: 16, alpha: 32}}
@@ -143,6 +143,10 @@ def build_model_and_processor(cfg: RunConfig, texts_for_tokenizer=None):
         if bad:
             raise ConfigError(f"model.reinit can name 'projector' and 'lvtc', got {bad}")
         model = _load_for_training(Path(init), overrides, int(cfg.train.get("seed", 0)), tuple(reinit))
+    if spec.get("vision_init"):  # a ViT from `internvlx pretrain-vision` replaces the one above
+        from .vision_pretrain import load_vision_into
+
+        load_vision_into(model.vision_model, spec["vision_init"])
     processor_settings = {k: v for k, v in tiling.items() if k in ("policy", "max_tiles", "min_tiles", "thumbnail")}
     if processor_settings:  # the saved config describes the tiling the model was trained with
         model.config.tiling = {**vars(model.config.tiling), **processor_settings}
