@@ -259,24 +259,26 @@ def _pretrain_vision(args: argparse.Namespace) -> int:
 
 def _add_pretrain_vision(sub: argparse._SubParsersAction) -> None:
     from .synth import RESOLUTIONS
+    from .vision_pretrain import VisionPretrainConfig
 
+    d = VisionPretrainConfig(out="")
     p = sub.add_parser("pretrain-vision", help="pretrain a preset's ViT on per-patch synthetic labels (shape, colour, word)")
     p.add_argument("--out", required=True, help="output directory (vision.safetensors, metrics.json)")
-    p.add_argument("--preset", default="demo", help="the preset whose vision_config and tile size are trained")
+    p.add_argument("--preset", default=d.preset, help="the preset whose vision_config and tile size are trained")
     p.add_argument("--init", default=None, help="a model directory: continue its ViT instead of a fresh preset one")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--warmup-steps", type=int, default=200)
-    p.add_argument("--resolution", choices=RESOLUTIONS, default="easy", help="synthetic scenes to render")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic scenes")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation")
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--min-cover", type=float, default=0.1, help="share of a patch an object must cover to label it")
-    p.add_argument("--position-init", choices=["sincos", "zeros"], default="sincos",
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate (warm-up, then cosine)")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--resolution", choices=RESOLUTIONS, default=d.resolution, help="synthetic scenes to render")
+    p.add_argument("--data-seed", type=int, default=d.data_seed, help="seed of the synthetic scenes")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the initialisation")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--min-cover", type=float, default=d.min_cover, help="share of a patch an object must cover to label it")
+    p.add_argument("--position-init", choices=["sincos", "zeros"], default=d.position_init,
                    help="start of the ViT's absolute positions (transformers' own init is zeros)")
-    p.add_argument("--eval-every", type=int, default=500)
-    p.add_argument("--eval-images", type=int, default=512, help="held-out scenes of the periodic evaluation")
+    p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--eval-images", type=int, default=d.eval_images, help="held-out scenes of the periodic evaluation")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_pretrain_vision)

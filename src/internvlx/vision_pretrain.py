@@ -19,7 +19,7 @@ least ``min_cover`` of the patch, else to the background. Scenes come from
 ``internvlx data synth``), rendered on the fly, and go through the processor's own
 single-tile preprocessing, so the ViT sees exactly the pixels it sees in the VLM.
 
-    internvlx pretrain-vision --preset demo --out runs/demo-vision --steps 3000
+    internvlx pretrain-vision --preset demo --out runs/demo-vision --threads 2
 
 writes ``vision.safetensors`` + ``vision_config.json`` (load them with ``model.vision_init``
 in a training config), ``heads.safetensors`` and ``metrics.json`` (held-out per-patch
@@ -123,9 +123,9 @@ class VisionPretrainConfig:
     out: str
     preset: str = "demo"
     init: str | None = None  # a model directory whose ViT is trained on (instead of the preset's fresh one)
-    steps: int = 3000
+    steps: int = 6000
     batch_size: int = 32
-    lr: float = 3e-4
+    lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_steps: int = 200
     resolution: str = "easy"
