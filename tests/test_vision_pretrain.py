@@ -226,3 +226,21 @@ def test_pretrain_command_spells_the_run_back(pretrained, tmp_path):
     assert {**first, "out": "", "steps": 0} == {**again, "out": "", "steps": 0}
     with pytest.raises(CheckpointError, match="metrics.json is missing"):
         pretrain_command(tmp_path)
+
+
+def test_init_continues_a_models_own_vit(tmp_path):
+    from safetensors.torch import load_file
+
+    from tests.helpers import build_chat_model_dir
+
+    model_dir = build_chat_model_dir(tmp_path / "m", seed=2)
+    own = InternVLXForConditionalGeneration.from_pretrained(model_dir).vision_model.state_dict()
+    out = tmp_path / "vit"
+    pretrain_vision(VisionPretrainConfig(out=str(out), init=str(model_dir), steps=1, batch_size=2, lr=1e-12,
+                                         warmup_steps=0, eval_images=4), progress=False)
+    saved = load_file(str(out / "vision.safetensors"))
+    assert set(saved) == set(own)
+    for k, v in own.items():  # one step at lr 1e-12: the model's own weights, not a fresh init
+        assert torch.allclose(saved[k], v.float(), atol=1e-6), k
+    with pytest.raises(ConfigError, match="not a model directory"):
+        pretrain_vision(VisionPretrainConfig(out=str(tmp_path / "x"), init=str(tmp_path), steps=1), progress=False)
