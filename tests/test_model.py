@@ -186,6 +186,12 @@ def test_missing_key_in_checkpoint_is_named(tmp_path):
         InternVLXForConditionalGeneration.from_pretrained(tmp_path)
 
 
+def test_a_path_that_is_not_a_model_directory_is_named(tmp_path):
+    for path in (tmp_path / "missing", tmp_path, "runs/some-run/checkpoint-800"):
+        with pytest.raises(CheckpointError, match="is not a model directory"):
+            InternVLXForConditionalGeneration.from_pretrained(path)
+
+
 def test_bad_configuration_is_rejected():
     with pytest.raises(ConfigError, match="projector.type"):
         InternVLXConfig.from_preset("tiny", projector={"type": "qformer"})

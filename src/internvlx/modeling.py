@@ -97,6 +97,11 @@ class InternVLXForConditionalGeneration(InternVLXPreTrainedModel, GenerationMixi
         `CheckpointError` naming them), plus: loading weights for another tile size or
         downsample ratio resizes `cls_scale` (bilinear) and the ViT position table (bicubic)
         with a warning instead of failing. Any other shape mismatch still fails."""
+        if not (Path(pretrained_model_name_or_path) / "config.json").is_file():
+            raise CheckpointError(
+                f"{pretrained_model_name_or_path} is not a model directory (no config.json there); "
+                "models load from local directories only (a training run's model is its output_dir/final)"
+            )
         if kwargs.get("ignore_mismatched_sizes"):
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         want_info = kwargs.pop("output_loading_info", False)
