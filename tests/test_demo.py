@@ -136,3 +136,22 @@ def test_demo_recipe_configs_parse_and_chain():
     # each stage continues at a lower peak learning rate than the one before, in a data order of its own
     assert chain[0].optim["lr"] > chain[1].optim["lr"] > chain[2].optim["lr"] > chain[3].optim["lr"]
     assert len({c.train["seed"] for c in chain}) == len(chain)
+
+
+def test_recipe_puts_a_stages_vision_pretraining_before_it(tmp_path):
+    """A stage with `model.vision_init` gets its `internvlx pretrain-vision` command, read back
+    from the ViT directory's metrics.json, right before its `internvlx train` line."""
+    import json
+
+    pkg = load_benchmark("package_demo_model")
+    vit = tmp_path / "vit"
+    vit.mkdir()
+    (vit / "metrics.json").write_text(json.dumps({"config": {"out": str(vit), "steps": 50, "lr": 0.002}}))
+    cfg = tmp_path / "five.yaml"
+    cfg.write_text(f"output_dir: runs/five\nmodel: {{init: runs/four/final, vision_init: {vit}}}\n")
+    summary = {"steps": 10, "log_history": []}
+    stage = pkg.stage_record(cfg, summary, "synth D")
+    assert stage["vision_command"] == f"internvlx pretrain-vision --out {vit} --steps 50 --lr 0.002"
+    plain = pkg.stage_record(tmp_path / "five.yaml", summary, "synth D") | {"vision_command": None}
+    assert pkg.recipe([plain, stage]) == (f"synth D\ninternvlx train {cfg}\n{stage['vision_command']}\n"
+                                          f"internvlx train {cfg}")
