@@ -2,6 +2,7 @@
 
     python benchmarks/shape_probe.py --model models/internvlx-demo
     python benchmarks/shape_probe.py --model runs/demo-stage4/final --train 3200 --test 800 --steps 1000
+    python benchmarks/shape_probe.py --model runs/demo-stage5/final --steps 0 --llm
 
 Renders single-object "easy" scenes (one shape of one colour on the grey background, the same
 sizes and canvases as `internvlx data synth --resolution easy`), so every image has exactly one
@@ -14,6 +15,9 @@ shape label and one colour label. Then, on held-out scenes:
 2. **Direct supervision**: the model's ViT plus a linear head on mean-pooled patch tokens,
    trained on the shape labels alone for `--steps` steps, against a randomly initialised ViT
    trained the same way: how quickly can this ViT learn shapes when told nothing else?
+
+3. With `--llm`, the same probe on the LLM's hidden state at the answer position of "What shape
+   is the <colour> object?", after every layer: does the LLM carry the shape to where it answers?
 
 If colour probes read the tokens and shape probes stay near chance (1/6), the model's answers
 to shape questions cannot be grounded whatever the LLM does: the vision pathway has to learn
@@ -117,6 +121,23 @@ def supervise(vision: torch.nn.Module, pixels: torch.Tensor, labels: torch.Tenso
     return curve
 
 
+@torch.no_grad()
+def answer_states(model, processor, images, colour_ids: torch.Tensor, batch: int = 32) -> torch.Tensor:
+    """The LLM's hidden state at the answer position (the last prompt token) after every layer,
+    ``[n, layers + 1, hidden]`` (index 0: the input embeddings), for the question "What shape is
+    the <colour> object?" about each single-object image."""
+    names = list(COLOURS)
+    out = []
+    for i in range(0, len(images), batch):
+        convs = [[{"role": "user", "content": f"<image>\nWhat shape is the {names[int(c)]} object?"}]
+                 for c in colour_ids[i:i + batch]]
+        inputs = processor(convs, [[im] for im in images[i:i + batch]])
+        hidden = model(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"],
+                       attention_mask=inputs["attention_mask"], output_hidden_states=True).hidden_states
+        out.append(torch.stack([h[:, -1] for h in hidden], 1))
+    return torch.cat(out)
+
+
 def parse_overrides(text: str) -> dict[str, int]:
     """`"hidden_size=256,image_size=224"` -> `{"hidden_size": 256, "image_size": 224}` (integers only)."""
     out = {}
@@ -138,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="also train a random-init ViT with these vision-config changes on the shape labels, "
                          "e.g. hidden_size=256,intermediate_size=1024 or image_size=224 (the tile size; images "
                          "are re-processed at it); repeatable")
+    ap.add_argument("--llm", action="store_true",
+                    help="also probe the LLM's hidden state at the answer position of a shape question, per layer")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -166,6 +189,15 @@ def main(argv: list[str] | None = None) -> None:
     print("| --- | ---: | ---: |")
     for name, accs in rows:
         print(f"| {name} | {100 * accs['shape']:.1f} % | {100 * accs['colour']:.1f} % |")
+    if args.llm:
+        t = time.perf_counter()
+        states = answer_states(model, processor, images, colours)
+        print(f"\nLLM hidden state at the answer position of \"What shape is the <colour> object?\" "
+              f"({time.perf_counter() - t:.0f} s): shape probe by layer (0 = input embeddings)\n")
+        print("| layer | " + " | ".join(str(k) for k in range(states.shape[1])) + " |")
+        print("| --- |" + " ---: |" * states.shape[1])
+        print("| shape | " + " | ".join(f"{100 * linear_probe(states[:n, k], shapes[:n], states[n:, k], shapes[n:], len(SHAPES)):.1f} %"
+                                        for k in range(states.shape[1])) + " |")
     if args.steps:
         curves = {}
         variants = [("the model's ViT", model.vision_model, pixels),

@@ -79,3 +79,21 @@ def test_features_flatten_patch_tokens_and_projector_tokens(probe):
     vit2, proj = probe.features(vision, pixels, projector=torch.nn.Linear(32, 8), batch=3)
     assert proj.shape == (5, 5 * 8)
     torch.testing.assert_close(vit, vit2, rtol=1e-5, atol=1e-5)
+
+
+def test_answer_states_are_the_last_prompt_position_of_every_layer(probe, tmp_path):
+    from internvlx import InternVLXForConditionalGeneration, InternVLXProcessor
+    from tests.helpers import build_chat_model_dir
+
+    torch.set_num_threads(1)
+    model_dir = build_chat_model_dir(tmp_path / "m", seed=1)
+    model = InternVLXForConditionalGeneration.from_pretrained(model_dir).float().eval()
+    processor = InternVLXProcessor.from_pretrained(model_dir)
+    images, _, colours = probe.single_object_scenes(3, seed=2)
+    states = probe.answer_states(model, processor, images, colours, batch=2)
+    layers, hidden = model.config.text_config.num_hidden_layers, model.config.text_config.hidden_size
+    assert states.shape == (3, layers + 1, hidden)
+    # one conversation alone gives the same states as inside a left-padded batch
+    alone = probe.answer_states(model, processor, images[2:], colours[2:])
+    assert torch.allclose(alone[0], states[2], atol=1e-4)
+    assert not torch.allclose(states[0, -1], states[0, 0])
