@@ -244,3 +244,11 @@ def test_init_continues_a_models_own_vit(tmp_path):
         assert torch.allclose(saved[k], v.float(), atol=1e-6), k
     with pytest.raises(ConfigError, match="not a model directory"):
         pretrain_vision(VisionPretrainConfig(out=str(tmp_path / "x"), init=str(tmp_path), steps=1), progress=False)
+
+
+def test_every_config_field_has_its_cli_flag():
+    from dataclasses import fields
+
+    from internvlx.vision_pretrain import FLAGS
+
+    assert set(FLAGS) == {f.name for f in fields(VisionPretrainConfig)} - {"out"}

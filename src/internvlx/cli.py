@@ -241,14 +241,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _pretrain_vision(args: argparse.Namespace) -> int:
-    from .vision_pretrain import VisionPretrainConfig, pretrain_vision
+    from .vision_pretrain import FLAGS, VisionPretrainConfig, pretrain_vision
 
-    cfg = VisionPretrainConfig(
-        out=args.out, preset=args.preset, init=args.init, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        warmup_steps=args.warmup_steps, resolution=args.resolution, data_seed=args.data_seed, seed=args.seed,
-        eval_every=args.eval_every, eval_images=args.eval_images, num_threads=args.threads,
-        weight_decay=args.weight_decay, min_cover=args.min_cover, position_init=args.position_init,
-    )
+    # one table maps config fields to flags, here and in the command the model card writes back
+    cfg = VisionPretrainConfig(out=args.out, **{name: getattr(args, flag[2:].replace("-", "_"))
+                                                 for name, flag in FLAGS.items()})
     metrics = pretrain_vision(cfg, progress=not args.no_progress)
     for row in metrics["history"]:
         print("step {step:>6}: shape {shape_on_objects:.3f}  colour {colour_on_objects:.3f}  "

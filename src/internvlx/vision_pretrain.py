@@ -321,11 +321,11 @@ def pretrain_vision(cfg: VisionPretrainConfig, progress: bool = True) -> dict[st
     return metrics
 
 
-#: VisionPretrainConfig fields and the `internvlx pretrain-vision` flags that set them.
-_FLAGS = {"preset": "--preset", "init": "--init", "steps": "--steps", "batch_size": "--batch-size", "lr": "--lr",
-          "warmup_steps": "--warmup-steps", "resolution": "--resolution", "data_seed": "--data-seed",
-          "seed": "--seed", "eval_every": "--eval-every", "eval_images": "--eval-images", "num_threads": "--threads",
-          "weight_decay": "--weight-decay", "min_cover": "--min-cover", "position_init": "--position-init"}
+#: VisionPretrainConfig fields (all but ``out``) and the `internvlx pretrain-vision` flags that set them.
+FLAGS = {"preset": "--preset", "init": "--init", "steps": "--steps", "batch_size": "--batch-size", "lr": "--lr",
+         "warmup_steps": "--warmup-steps", "resolution": "--resolution", "data_seed": "--data-seed",
+         "seed": "--seed", "eval_every": "--eval-every", "eval_images": "--eval-images", "num_threads": "--threads",
+         "weight_decay": "--weight-decay", "min_cover": "--min-cover", "position_init": "--position-init"}
 
 
 def pretrain_command(directory: str | Path) -> str:
@@ -337,7 +337,7 @@ def pretrain_command(directory: str | Path) -> str:
     used = json.loads(path.read_text())["config"]
     defaults = asdict(VisionPretrainConfig(out=""))
     flags = "".join(f" {flag} {used[name]:g}" if isinstance(used[name], float) else f" {flag} {used[name]}"
-                    for name, flag in _FLAGS.items() if used.get(name, defaults[name]) != defaults[name])
+                    for name, flag in FLAGS.items() if used.get(name, defaults[name]) != defaults[name])
     return f"internvlx pretrain-vision --out {directory}{flags}"
 
 
