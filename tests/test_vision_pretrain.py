@@ -242,7 +242,7 @@ def test_init_continues_a_models_own_vit(tmp_path):
     assert set(saved) == set(own)
     for k, v in own.items():  # one step at lr 1e-12: the model's own weights, not a fresh init
         assert torch.allclose(saved[k], v.float(), atol=1e-6), k
-    with pytest.raises(ConfigError, match="not a model directory"):
+    with pytest.raises(ConfigError, match="neither a model directory"):
         pretrain_vision(VisionPretrainConfig(out=str(tmp_path / "x"), init=str(tmp_path), steps=1), progress=False)
 
 
@@ -252,3 +252,29 @@ def test_every_config_field_has_its_cli_flag():
     from internvlx.vision_pretrain import FLAGS
 
     assert set(FLAGS) == {f.name for f in fields(VisionPretrainConfig)} - {"out"}
+
+
+def test_init_continues_an_earlier_pretraining_with_its_heads(pretrained, tmp_path):
+    from safetensors.torch import load_file
+
+    out, metrics = pretrained
+    again = tmp_path / "again"
+    cont = pretrain_vision(VisionPretrainConfig(out=str(again), preset="tiny", init=str(out), steps=1, batch_size=2,
+                                                lr=1e-12, warmup_steps=0, eval_images=64), progress=False)
+    # the same held-out scenes as the first run's last evaluation, scored by its ViT *and* heads
+    # (fresh heads would score the shape and colour classes at chance)
+    assert cont["history"][0]["colour_on_objects"] == pytest.approx(metrics["final"]["colour_on_objects"], abs=1e-6)
+    for name in ("vision.safetensors", "heads.safetensors"):
+        before, after = load_file(str(out / name)), load_file(str(again / name))
+        assert set(before) == set(after)
+        for k, v in before.items():
+            assert torch.allclose(after[k], v, atol=1e-6), (name, k)
+    (tmp_path / "headless").mkdir()
+    for name in ("vision.safetensors", "vision_config.json"):
+        (tmp_path / "headless" / name).write_bytes((out / name).read_bytes())
+    with pytest.raises(CheckpointError, match="heads.safetensors is missing"):
+        pretrain_vision(VisionPretrainConfig(out=str(tmp_path / "y"), preset="tiny", init=str(tmp_path / "headless"),
+                                             steps=1), progress=False)
+    with pytest.raises(ConfigError, match="different ViT"):  # the demo preset's ViT is not the tiny one's
+        pretrain_vision(VisionPretrainConfig(out=str(tmp_path / "z"), preset="demo", init=str(out), steps=1),
+                        progress=False)

@@ -262,7 +262,8 @@ def _add_pretrain_vision(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain-vision", help="pretrain a preset's ViT on per-patch synthetic labels (shape, colour, word)")
     p.add_argument("--out", required=True, help="output directory (vision.safetensors, metrics.json)")
     p.add_argument("--preset", default=d.preset, help="the preset whose vision_config and tile size are trained")
-    p.add_argument("--init", default=None, help="a model directory: continue its ViT instead of a fresh preset one")
+    p.add_argument("--init", default=None, help="continue a model directory's ViT, or an earlier pretrain-vision "
+                   "--out (its ViT and heads), instead of a fresh preset ViT")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate (warm-up, then cosine)")

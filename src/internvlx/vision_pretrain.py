@@ -66,6 +66,7 @@ IGNORE = -100
 MAX_INSTANCES = 16
 VISION_WEIGHTS = "vision.safetensors"
 VISION_CONFIG = "vision_config.json"
+HEADS_WEIGHTS = "heads.safetensors"
 _TEXT_LABEL = 255  # label-map value of word ink (objects are 1..n in drawing order)
 
 
@@ -122,7 +123,7 @@ class VisionPretrainConfig:
 
     out: str
     preset: str = "demo"
-    init: str | None = None  # a model directory whose ViT is trained on (instead of the preset's fresh one)
+    init: str | None = None  # a model directory or a pretrain-vision --out whose ViT is trained on (not a fresh one)
     steps: int = 6000
     batch_size: int = 32
     lr: float = 1e-3
@@ -265,11 +266,14 @@ def pretrain_vision(cfg: VisionPretrainConfig, progress: bool = True) -> dict[st
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     torch.manual_seed(cfg.seed)
-    if cfg.init:  # continue a model's ViT (its weights and config) instead of a fresh one
+    init = Path(cfg.init) if cfg.init else None
+    resume = init is not None and (init / VISION_CONFIG).is_file()  # an earlier pretrain-vision --out
+    if init is not None and not resume:  # continue a model's ViT (its weights and config) instead of a fresh one
         from .modeling import InternVLXForConditionalGeneration
 
-        if not (Path(cfg.init) / "config.json").is_file():
-            raise ConfigError(f"--init {cfg.init!r} is not a model directory (no config.json)")
+        if not (init / "config.json").is_file():
+            raise ConfigError(f"--init {cfg.init!r} is neither a model directory (no config.json) nor a "
+                              f"`internvlx pretrain-vision` --out directory (no {VISION_CONFIG})")
         model = InternVLXForConditionalGeneration.from_pretrained(cfg.init, dtype=torch.float32)
         config, vision = model.config, model.vision_model
         del model
@@ -278,10 +282,14 @@ def pretrain_vision(cfg: VisionPretrainConfig, progress: bool = True) -> dict[st
         vcfg = InternVLVisionConfig.from_dict(config.vision_config.to_dict())
         vcfg.dtype = "float32"
         vision = AutoModel.from_config(vcfg).float()
-        if cfg.position_init == "sincos":
+        if resume:  # its ViT (checked against the preset's) and its heads
+            load_vision_into(vision, init)
+        elif cfg.position_init == "sincos":
             init_sincos_positions(vision)
     vcfg = vision.config
     heads = PatchHeads(vcfg.hidden_size)
+    if resume:
+        _load_heads(heads, init / HEADS_WEIGHTS)
     tile, patch = config.tile_size, vcfg.patch_size[0] if isinstance(vcfg.patch_size, (list, tuple)) else vcfg.patch_size
     options = SynthOptions(resolution=cfg.resolution, seed=cfg.data_seed)
     train = SceneStream("train", options, tile, patch, cfg.min_cover)
@@ -316,7 +324,7 @@ def pretrain_vision(cfg: VisionPretrainConfig, progress: bool = True) -> dict[st
     metrics = {"config": asdict(cfg), "elapsed_s": round(time.perf_counter() - start, 1),
                "train_scenes_seen": cfg.steps * cfg.batch_size, "history": history, "final": history[-1]}
     save_vision(vision, out)
-    save_file({k: v.contiguous() for k, v in heads.state_dict().items()}, str(out / "heads.safetensors"))
+    save_file({k: v.contiguous() for k, v in heads.state_dict().items()}, str(out / HEADS_WEIGHTS))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
@@ -404,6 +412,20 @@ def load_vision_into(vision: torch.nn.Module, directory: str | Path) -> None:
     with torch.no_grad():
         for k, v in state.items():
             own[k].copy_(v.to(own[k].dtype))
+
+
+def _load_heads(heads: PatchHeads, path: Path) -> None:
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: --init needs the heads written beside the ViT by pretrain-vision")
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors' own error types on truncated/corrupt files
+        raise CheckpointError(f"cannot read {path}: {exc}") from exc
+    own = heads.state_dict()
+    bad = sorted(k for k in set(own) | set(state) if k not in own or k not in state or state[k].shape != own[k].shape)
+    if bad:
+        raise CheckpointError(f"{path}: its heads do not match this preset's label sets ({bad[:5]})")
+    heads.load_state_dict(state)
 
 
 def _norm(value: Any) -> Any:
