@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 from dataclasses import asdict
@@ -78,6 +79,26 @@ def synth_command(data: Path) -> str:
             f"--test-fraction {stats['test_fraction']:g} --resolution {stats['resolution']}{extra}")
 
 
+def data_commands(meta: Path) -> str:
+    """The `internvlx data synth` calls (one line each) that regenerate every data set of a train
+    config's meta file, with paths as seen from the working directory."""
+    from internvlx.data import read_meta
+
+    roots = [Path(os.path.relpath(e.root.resolve())) for e in read_meta(meta)]
+    return "\n".join(synth_command(root) for root in dict.fromkeys(roots))
+
+
+def vision_commands(directory: str | Path) -> str:
+    """The `internvlx pretrain-vision` calls that made a ViT directory, oldest first: an `--init`
+    that is itself a pretrain-vision output is made before the run continuing it."""
+    directory = Path(directory)
+    command = pretrain_command(directory)
+    init = json.loads((directory / "metrics.json").read_text())["config"].get("init")
+    if init and (Path(init) / "metrics.json").is_file():
+        return vision_commands(init) + "\n" + command
+    return command
+
+
 def precision_text(train: dict) -> str:
     """How a run computed, from its config's `train` section: "float32, one thread", ..."""
     threads = train.get("num_threads")
@@ -97,7 +118,7 @@ def stage_record(config_path: Path, summary: dict, data_command: str) -> dict[st
     vision_init = ((yaml.safe_load(text) or {}).get("model") or {}).get("vision_init")
     return {
         "config": str(config_path), "config_text": text.strip(), "data_command": data_command,
-        "vision_command": pretrain_command(vision_init) if vision_init else None,
+        "vision_command": vision_commands(vision_init) if vision_init else None,
         "steps": summary.get("steps"), "batch_size": summary.get("batch_size", train.get("batch_size", 16)),
         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
         "train_loss": summary.get("train_loss"), "samples_per_s": summary.get("train_samples_per_second"),
@@ -124,14 +145,14 @@ def tiling_text(tiling) -> str:
 
 
 def recipe(stages: list[dict]) -> str:
-    """The commands, in order: each data set is generated before the first stage that uses it."""
+    """The commands, in order: each data set and each pretrained ViT (`model.vision_init`) is made
+    right before the first stage that uses it, and only once."""
     lines, made = [], set()
     for s in stages:
-        if s["data_command"] not in made:
-            made.add(s["data_command"])
-            lines.append(s["data_command"])
-        if s.get("vision_command"):  # the pretrained ViT the stage loads (model.vision_init)
-            lines.append(s["vision_command"])
+        for command in [*s["data_command"].splitlines(), *(s.get("vision_command") or "").splitlines()]:
+            if command not in made:
+                made.add(command)
+                lines.append(command)
         lines.append(f"internvlx train {s['config']}")
     return "\n".join(lines)
 
@@ -223,8 +244,8 @@ def main() -> None:
     for c in args.config:
         cfg = yaml.safe_load(c.read_text())
         run = Path(cfg["output_dir"])
-        data_dir = Path(cfg["data"]["meta"]).parent
-        stages.append(stage_record(c, json.loads((run / "train_summary.json").read_text()), synth_command(data_dir)))
+        stages.append(stage_record(c, json.loads((run / "train_summary.json").read_text()),
+                                   data_commands(Path(cfg["data"]["meta"]))))
         runs.append(run)
     run = runs[-1]
     model = InternVLXForConditionalGeneration.from_pretrained(run / "final").to(torch.bfloat16)

@@ -155,3 +155,37 @@ def test_recipe_puts_a_stages_vision_pretraining_before_it(tmp_path):
     plain = pkg.stage_record(tmp_path / "five.yaml", summary, "synth D") | {"vision_command": None}
     assert pkg.recipe([plain, stage]) == (f"synth D\ninternvlx train {cfg}\n{stage['vision_command']}\n"
                                           f"internvlx train {cfg}")
+
+
+def test_recipe_makes_every_data_set_and_chained_vit_once(tmp_path, monkeypatch):
+    """A stage on a two-data-set meta gets both `data synth` commands; a ViT continued from an
+    earlier pretrain-vision output (`--init`) gets that run's command first; nothing repeats."""
+    import json
+
+    pkg = load_benchmark("package_demo_model")
+    monkeypatch.chdir(tmp_path)
+    for name, seed in (("a", 0), ("b", 5)):
+        d = tmp_path / "data" / name
+        d.mkdir(parents=True)
+        (d / "train.jsonl").write_text("")
+        (d / "stats.json").write_text(json.dumps({"resolution": "easy", "seed": seed, "test_fraction": 0.02,
+                                                  "train": {"n": 98}, "test": {"n": 2}, "options": {}}))
+    (tmp_path / "configs").mkdir()
+    meta = tmp_path / "configs" / "mix.json"
+    meta.write_text(json.dumps({n: {"root": f"../data/{n}", "annotation": f"../data/{n}/train.jsonl"}
+                                for n in ("a", "b")}))
+    commands = pkg.data_commands(meta)
+    assert commands.splitlines() == [
+        f"internvlx data synth --out data/{n} --n 100 --seed {seed} --test-fraction 0.02 --resolution easy"
+        for n, seed in (("a", 0), ("b", 5))]
+    for name, cfg in (("vit1", {"out": "vit1", "steps": 50}), ("vit2", {"out": "vit2", "init": "vit1"})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"config": cfg}))
+    assert pkg.vision_commands("vit2") == ("internvlx pretrain-vision --out vit1 --steps 50\n"
+                                           "internvlx pretrain-vision --out vit2 --init vit1")
+    five = {"config": "five.yaml", "data_command": commands.splitlines()[0],
+            "vision_command": pkg.vision_commands("vit1")}
+    six = {"config": "six.yaml", "data_command": commands, "vision_command": pkg.vision_commands("vit2")}
+    assert pkg.recipe([five, six]).splitlines() == [
+        commands.splitlines()[0], "internvlx pretrain-vision --out vit1 --steps 50", "internvlx train five.yaml",
+        commands.splitlines()[1], "internvlx pretrain-vision --out vit2 --init vit1", "internvlx train six.yaml"]
