@@ -121,6 +121,30 @@ def supervise(vision: torch.nn.Module, pixels: torch.Tensor, labels: torch.Tenso
     return curve
 
 
+def train_projector_probe(projector: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor, n_train: int,
+                          steps: int, batch: int = 64, lr: float = 1e-3, seed: int = 0) -> float:
+    """Train ``projector`` (in place) + a linear head on its flattened tokens on the labels, from
+    the frozen ViT states ``hidden`` ``[n, 1 + patches, Cv]``; held-out accuracy at the end. Can
+    this projector carry what the ViT has, when it is trained for it?"""
+    torch.manual_seed(seed)
+    projector.float().train()
+    with torch.no_grad():
+        width = projector(hidden[:1]).flatten(1).shape[1]
+    head = torch.nn.Linear(width, int(labels.max()) + 1)
+    opt = torch.optim.AdamW([*projector.parameters(), *head.parameters()], lr=lr)
+    for _ in range(steps):
+        idx = torch.randint(0, n_train, (batch,))
+        loss = torch.nn.functional.cross_entropy(head(projector(hidden[idx]).flatten(1)), labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    projector.eval()
+    with torch.no_grad():
+        pred = torch.cat([head(projector(hidden[i:i + 256]).flatten(1)).argmax(1)
+                          for i in range(n_train, len(hidden), 256)])
+    return (pred == labels[n_train:]).float().mean().item()
+
+
 @torch.no_grad()
 def answer_states(model, processor, images, colour_ids: torch.Tensor, batch: int = 32) -> torch.Tensor:
     """The LLM's hidden state at the answer position (the last prompt token) after every layer,
@@ -161,6 +185,9 @@ def main(argv: list[str] | None = None) -> None:
                          "are re-processed at it); repeatable")
     ap.add_argument("--llm", action="store_true",
                     help="also probe the LLM's hidden state at the answer position of a shape question, per layer")
+    ap.add_argument("--projector-steps", type=int, default=0,
+                    help="also train the model's projector (a copy) and a fresh one of each type, with a linear "
+                         "head on their tokens, on the shape labels over the frozen ViT for this many steps")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -198,6 +225,29 @@ def main(argv: list[str] | None = None) -> None:
         print("| --- |" + " ---: |" * states.shape[1])
         print("| shape | " + " | ".join(f"{100 * linear_probe(states[:n, k], shapes[:n], states[n:, k], shapes[n:], len(SHAPES)):.1f} %"
                                         for k in range(states.shape[1])) + " |")
+    if args.projector_steps:
+        import copy
+
+        from internvlx.projectors import build_projector
+
+        with torch.no_grad():
+            hidden = torch.cat([model.vision_model(pixel_values=pixels[i:i + 64]).last_hidden_state
+                                for i in range(0, len(pixels), 64)])
+        candidates = [(f"the model's projector ({model.config.projector.type})", copy.deepcopy(model.projector))]
+        for kind in ("pvtc", "mlp"):
+            config = copy.deepcopy(model.config)
+            config.projector.type = kind
+            torch.manual_seed(args.seed)
+            candidates.append((f"fresh {kind} projector", build_projector(config)))
+        print(f"\nTrained projector probes: projector + linear head on its tokens, shape labels, frozen ViT, "
+              f"{args.projector_steps} steps x 64, AdamW lr 1e-3 (the frozen model's projector: see above)\n")
+        print("| projector | held-out shape |")
+        print("| --- | ---: |")
+        for name, projector in candidates:
+            t = time.perf_counter()
+            acc = train_projector_probe(projector, hidden, shapes, n, args.projector_steps, seed=args.seed)
+            print(f"  trained {name}: {time.perf_counter() - t:.0f} s", file=sys.stderr)
+            print(f"| {name} | {100 * acc:.1f} % |")
     if args.steps:
         curves = {}
         variants = [("the model's ViT", model.vision_model, pixels),

@@ -97,3 +97,25 @@ def test_answer_states_are_the_last_prompt_position_of_every_layer(probe, tmp_pa
     alone = probe.answer_states(model, processor, images[2:], colours[2:])
     assert torch.allclose(alone[0], states[2], atol=1e-4)
     assert not torch.allclose(states[0, -1], states[0, 0])
+
+
+def test_trained_projector_probe_learns_what_the_vit_states_carry(probe):
+    """The projector probe fits a projector + head to a label hidden in the ViT states, and
+    stays near chance on a label the states do not carry."""
+    from internvlx.configuration import InternVLXConfig
+    from internvlx.projectors import build_projector
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    config = InternVLXConfig.from_preset("tiny")
+    side = config.token_grid * config.projector.region
+    cv = config.vision_config.hidden_size
+    labels = torch.randint(0, 3, (600,))
+    hidden = torch.randn(600, 1 + side * side, cv)
+    hidden[:, 1:, 0] += 5 * labels.float().view(-1, 1)  # the label in one channel of every patch
+    for kind in ("pvtc", "mlp"):
+        config.projector.type = kind
+        acc = probe.train_projector_probe(build_projector(config), hidden, labels, n_train=480, steps=100, batch=32)
+        assert acc > 0.9, kind
+    noise = torch.randn(600, 1 + side * side, cv)
+    assert probe.train_projector_probe(build_projector(config), noise, labels, n_train=480, steps=60, batch=32) < 0.6
