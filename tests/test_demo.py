@@ -136,6 +136,12 @@ def test_demo_recipe_configs_parse_and_chain():
     # each stage continues at a lower peak learning rate than the one before, in a data order of its own
     assert chain[0].optim["lr"] > chain[1].optim["lr"] > chain[2].optim["lr"] > chain[3].optim["lr"]
     assert len({c.train["seed"] for c in chain}) == len(chain)
+    # stages 5 and 6 continue the chain with a pretrained ViT (model.vision_init), frozen (stage 2)
+    later = [RunConfig.from_yaml(root / name) for name in ("demo-stage5.yaml", "demo-stage6.yaml")]
+    for before, after in zip([chain[-1], *later[:-1]], later, strict=True):
+        assert after.model["init"] == f"{before.output_dir}/final" and after.model["vision_init"]
+        assert str(after.stage) == "2"
+    assert len({c.train["seed"] for c in chain + later}) == len(chain) + len(later)
 
 
 def test_recipe_puts_a_stages_vision_pretraining_before_it(tmp_path):
