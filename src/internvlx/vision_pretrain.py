@@ -397,7 +397,8 @@ def load_vision_into(vision: torch.nn.Module, directory: str | Path) -> None:
             "image_size", "norm_type", "use_qk_norm", "attention_bias", "use_absolute_position_embeddings")
     diff = {k: (saved.get(k), mine.get(k)) for k in keys if _norm(saved.get(k)) != _norm(mine.get(k))}
     if diff:
-        raise ConfigError(f"model.vision_init {directory} has a different ViT (saved, model): {diff}")
+        raise ConfigError(f"{directory} holds a different ViT than this model's (saved, model): {diff}; "
+                          "pretrain one for this preset (`internvlx pretrain-vision --preset ...`)")
     try:
         state = load_file(str(weights))
     except Exception as exc:  # safetensors raises its own error types on truncated/corrupt files
