@@ -3,6 +3,7 @@
     python benchmarks/shape_probe.py --model models/internvlx-demo
     python benchmarks/shape_probe.py --model runs/demo-stage4/final --train 3200 --test 800 --steps 1000
     python benchmarks/shape_probe.py --model runs/demo-stage5/final --steps 0 --llm
+    python benchmarks/shape_probe.py --model runs/demo-stage6/final --steps 0 --projector-steps 1000
 
 Renders single-object "easy" scenes (one shape of one colour on the grey background, the same
 sizes and canvases as `internvlx data synth --resolution easy`), so every image has exactly one
@@ -18,6 +19,10 @@ shape label and one colour label. Then, on held-out scenes:
 
 3. With `--llm`, the same probe on the LLM's hidden state at the answer position of "What shape
    is the <colour> object?", after every layer: does the LLM carry the shape to where it answers?
+
+4. With `--projector-steps N`, the model's projector (a copy) and fresh PVTC and MLP projectors,
+   each with a linear head on its tokens, trained on the shape labels over the frozen ViT: can
+   the projector pass on the shape the ViT has, when it is trained to?
 
 If colour probes read the tokens and shape probes stay near chance (1/6), the model's answers
 to shape questions cannot be grounded whatever the LLM does: the vision pathway has to learn
