@@ -141,11 +141,13 @@ def test_demo_recipe_configs_parse_and_chain():
     for before, after in zip([chain[-1], *later[:-1]], later, strict=True):
         assert after.model["init"] == f"{before.output_dir}/final" and after.model["vision_init"]
         assert str(after.stage) == "2"
-    last = RunConfig.from_yaml(root / "demo-stage7.yaml")  # the shipped stage: stage 6 with its own ViT
-    assert last.model["init"] == f"{later[-1].output_dir}/final" and "vision_init" not in last.model
-    assert str(last.stage) == "2" and last.data["meta"] == later[-1].data["meta"]
-    seeds = {c.train["seed"] for c in [*chain, *later, last]}
-    assert len(seeds) == len(chain) + len(later) + 1
+    # stages 7 and 8 (shipped) continue with the ViT already in the model, on stage 6's data
+    last = [RunConfig.from_yaml(root / name) for name in ("demo-stage7.yaml", "demo-stage8.yaml")]
+    for before, after in zip([later[-1], last[0]], last, strict=True):
+        assert after.model["init"] == f"{before.output_dir}/final" and "vision_init" not in after.model
+        assert str(after.stage) == "2" and after.data["meta"] == later[-1].data["meta"]
+    seeds = {c.train["seed"] for c in [*chain, *later, *last]}
+    assert len(seeds) == len(chain) + len(later) + len(last)
 
 
 def test_recipe_puts_a_stages_vision_pretraining_before_it(tmp_path):
