@@ -85,17 +85,21 @@ def tile_pixels(processor: InternVLXProcessor, images) -> torch.Tensor:
 
 
 @torch.no_grad()
+def vit_states(vision: torch.nn.Module, pixels: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """The ViT's last hidden state of every image, ``[n, 1 + patches, Cv]`` (token 0 is CLS)."""
+    return torch.cat([vision(pixel_values=pixels[i:i + batch]).last_hidden_state for i in range(0, len(pixels), batch)])
+
+
+@torch.no_grad()
 def features(vision: torch.nn.Module, pixels: torch.Tensor, projector: torch.nn.Module | None = None,
-             batch: int = 64) -> tuple[torch.Tensor, torch.Tensor | None]:
+             batch: int = 64, hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Flattened ViT patch tokens (without CLS) of every image, and its projector tokens when a
-    projector is given."""
-    vit, proj = [], []
-    for i in range(0, len(pixels), batch):
-        hidden = vision(pixel_values=pixels[i:i + batch]).last_hidden_state
-        vit.append(hidden[:, 1:].flatten(1))
-        if projector is not None:
-            proj.append(projector(hidden).flatten(1))
-    return torch.cat(vit), torch.cat(proj) if proj else None
+    projector is given (from ``hidden``, the :func:`vit_states`, when they are already computed)."""
+    hidden = vit_states(vision, pixels, batch) if hidden is None else hidden
+    proj = None
+    if projector is not None:
+        proj = torch.cat([projector(hidden[i:i + batch]).flatten(1) for i in range(0, len(hidden), batch)])
+    return hidden[:, 1:].flatten(1), proj
 
 
 def supervise(vision: torch.nn.Module, pixels: torch.Tensor, labels: torch.Tensor, n_train: int, steps: int,
@@ -208,7 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     pixels = tile_pixels(processor, images)
     n = args.train
     random_patches, _ = features(AutoModel.from_config(model.config.vision_config).float().eval(), pixels)
-    vit, proj = features(model.vision_model, pixels, model.projector)
+    hidden = vit_states(model.vision_model, pixels)  # also what --projector-steps trains on
+    vit, proj = features(model.vision_model, pixels, model.projector, hidden=hidden)
     rows = []
     for name, x in (("projector tokens (what the LLM reads)", proj), ("ViT patch tokens", vit),
                     ("ViT patch tokens, random-init ViT", random_patches)):
@@ -235,9 +240,6 @@ def main(argv: list[str] | None = None) -> None:
 
         from internvlx.projectors import build_projector
 
-        with torch.no_grad():
-            hidden = torch.cat([model.vision_model(pixel_values=pixels[i:i + 64]).last_hidden_state
-                                for i in range(0, len(pixels), 64)])
         candidates = [(f"the model's projector ({model.config.projector.type})", copy.deepcopy(model.projector))]
         for kind in ("pvtc", "mlp"):
             config = copy.deepcopy(model.config)

@@ -119,3 +119,21 @@ def test_trained_projector_probe_learns_what_the_vit_states_carry(probe):
         assert acc > 0.9, kind
     noise = torch.randn(600, 1 + side * side, cv)
     assert probe.train_projector_probe(build_projector(config), noise, labels, n_train=480, steps=60, batch=32) < 0.6
+
+
+def test_main_prints_every_requested_table(probe, tmp_path, capsys):
+    """End to end on a tiny model: the frozen-feature probes, the per-layer LLM probe and the
+    trained projector probes each print their table, from one pass of the ViT."""
+    from tests.helpers import build_chat_model_dir
+
+    torch.set_num_threads(1)
+    model_dir = build_chat_model_dir(tmp_path / "m", seed=0)
+    probe.main(["--model", str(model_dir), "--train", "24", "--test", "8", "--steps", "0", "--llm",
+                "--projector-steps", "2", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "| projector tokens (what the LLM reads) |" in out
+    assert "| shape | " in out and "| layer | 0 |" in out
+    for name in ("the model's projector", "fresh pvtc projector", "fresh mlp projector"):
+        assert f"| {name}" in out, name
+    with pytest.raises(SystemExit, match="not a model directory"):
+        probe.main(["--model", str(tmp_path)])

@@ -399,34 +399,32 @@ def load_vision_into(vision: torch.nn.Module, directory: str | Path) -> None:
     if diff:
         raise ConfigError(f"{directory} holds a different ViT than this model's (saved, model): {diff}; "
                           "pretrain one for this preset (`internvlx pretrain-vision --preset ...`)")
-    try:
-        state = load_file(str(weights))
-    except Exception as exc:  # safetensors raises its own error types on truncated/corrupt files
-        raise CheckpointError(f"cannot read {weights}: {exc}") from exc
-    own = vision.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(f"{weights}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    for k, v in state.items():
-        if v.shape != own[k].shape:
-            raise CheckpointError(f"{weights}: {k} has shape {tuple(v.shape)}, the model's is {tuple(own[k].shape)}")
-    with torch.no_grad():
-        for k, v in state.items():
-            own[k].copy_(v.to(own[k].dtype))
+    _copy_checked(vision, weights)
 
 
 def _load_heads(heads: PatchHeads, path: Path) -> None:
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: --init needs the heads written beside the ViT by pretrain-vision")
+    _copy_checked(heads, path)
+
+
+def _copy_checked(module: torch.nn.Module, path: Path) -> None:
+    """Copy the safetensors file ``path`` into ``module``: every tensor present, none extra, each
+    of the module's shape (else a :class:`CheckpointError` naming the first offenders)."""
     try:
         state = load_file(str(path))
-    except Exception as exc:  # safetensors' own error types on truncated/corrupt files
+    except Exception as exc:  # safetensors raises its own error types on truncated/corrupt files
         raise CheckpointError(f"cannot read {path}: {exc}") from exc
-    own = heads.state_dict()
-    bad = sorted(k for k in set(own) | set(state) if k not in own or k not in state or state[k].shape != own[k].shape)
-    if bad:
-        raise CheckpointError(f"{path}: its heads do not match this preset's label sets ({bad[:5]})")
-    heads.load_state_dict(state)
+    own = module.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for k, v in state.items():
+        if v.shape != own[k].shape:
+            raise CheckpointError(f"{path}: {k} has shape {tuple(v.shape)}, the model's is {tuple(own[k].shape)}")
+    with torch.no_grad():
+        for k, v in state.items():
+            own[k].copy_(v.to(own[k].dtype))
 
 
 def _norm(value: Any) -> Any:
