@@ -20,7 +20,15 @@ shape label and one colour label. Then, on held-out scenes:
 3. With `--llm`, the same probe on the LLM's hidden state at the answer position of "What shape
    is the <colour> object?", after every layer: does the LLM carry the shape to where it answers?
 
-4. With `--projector-steps N`, the model's projector (a copy) and fresh PVTC and MLP projectors,
+4. With `--position`, the same per-layer probe for "Is the <a> to the left or to the right of
+   the <b>?" / "Is the <a> above or below the <b>?" (the training set's position scenes: two
+   objects placed clear of each other along the asked axis, plus distractors), one binary
+   probe per axis; and the model's forced choice between the two answers, split by whether the
+   two objects' centres fall in the same half of the image along the axis -- with LVTC's 2 x 2
+   shallow tokens (a 4 x 4 grid pooled by 2), a pair in one half shares its shallow tokens and
+   only the deep layers' full grid can tell the objects' order.
+
+5. With `--projector-steps N`, the model's projector (a copy) and fresh PVTC and MLP projectors,
    each with a linear head on its tokens, trained on the shape labels over the frozen ViT: can
    the projector pass on the shape the ViT has, when it is trained to?
 
@@ -41,7 +49,7 @@ import torch
 from transformers import AutoModel
 
 from internvlx import InternVLXForConditionalGeneration, InternVLXProcessor
-from internvlx.synth import COLOURS, SHAPES, _build_scene, render_scene
+from internvlx.synth import COLOURS, SHAPES, _build_position, _build_scene, render_scene
 
 CHANCE = {"shape": 1 / len(SHAPES), "colour": 1 / len(COLOURS)}
 
@@ -57,6 +65,29 @@ def single_object_scenes(n: int, seed: int, resolution: str = "easy"):
         shape_ids.append(s)
         colour_ids.append(c)
     return images, torch.tensor(shape_ids), torch.tensor(colour_ids)
+
+
+AXIS_ANSWERS = {"x": ("left", "right"), "y": ("above", "below")}
+
+
+def position_scenes(n: int, seed: int, resolution: str = "easy"):
+    """`n` position scenes as the training data builds them: images, questions, answer labels
+    (index into :data:`AXIS_ANSWERS` of the axis), axes, and whether the pair's centres fall in
+    the same half of the image along the axis."""
+    rng = np.random.default_rng(seed)
+    images, questions, labels, axes, same_half = [], [], [], [], []
+    for _ in range(n):
+        scene, qa = _build_position(rng, resolution)
+        axis = qa.params["axis"]
+        a, b = scene.objects[qa.params["a"]], scene.objects[qa.params["b"]]
+        extent, lo = (scene.width, "x") if axis == "x" else (scene.height, "y")
+        halves = {int(2 * (getattr(o, lo) + o.size / 2) >= extent) for o in (a, b)}
+        images.append(render_scene(scene))
+        questions.append(qa.question)
+        labels.append(AXIS_ANSWERS[axis].index(qa.answer))
+        axes.append(axis)
+        same_half.append(len(halves) == 1)
+    return images, questions, torch.tensor(labels), axes, torch.tensor(same_half)
 
 
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
@@ -154,21 +185,70 @@ def train_projector_probe(projector: torch.nn.Module, hidden: torch.Tensor, labe
     return (pred == labels[n_train:]).float().mean().item()
 
 
-@torch.no_grad()
-def answer_states(model, processor, images, colour_ids: torch.Tensor, batch: int = 32) -> torch.Tensor:
-    """The LLM's hidden state at the answer position (the last prompt token) after every layer,
-    ``[n, layers + 1, hidden]`` (index 0: the input embeddings), for the question "What shape is
-    the <colour> object?" about each single-object image."""
+def shape_questions(colour_ids: torch.Tensor) -> list[str]:
+    """ "What shape is the <colour> object?" for each single-object scene."""
     names = list(COLOURS)
-    out = []
+    return [f"What shape is the {names[int(c)]} object?" for c in colour_ids]
+
+
+@torch.no_grad()
+def answer_states(model, processor, images, questions: list[str], batch: int = 32
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LLM's hidden state at the answer position (the last prompt token) after every layer,
+    ``[n, layers + 1, hidden]`` (index 0: the input embeddings), for one question about each
+    image; and the next-token logits there, ``[n, vocab]``."""
+    states, logits = [], []
     for i in range(0, len(images), batch):
-        convs = [[{"role": "user", "content": f"<image>\nWhat shape is the {names[int(c)]} object?"}]
-                 for c in colour_ids[i:i + batch]]
+        convs = [[{"role": "user", "content": f"<image>\n{q}"}] for q in questions[i:i + batch]]
         inputs = processor(convs, [[im] for im in images[i:i + batch]])
-        hidden = model(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"],
-                       attention_mask=inputs["attention_mask"], output_hidden_states=True).hidden_states
-        out.append(torch.stack([h[:, -1] for h in hidden], 1))
-    return torch.cat(out)
+        out = model(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"],
+                    attention_mask=inputs["attention_mask"], output_hidden_states=True)
+        states.append(torch.stack([h[:, -1] for h in out.hidden_states], 1))
+        logits.append(out.logits[:, -1].float())
+    return torch.cat(states), torch.cat(logits)
+
+
+def forced_choice(logits: torch.Tensor, tokenizer, axes: list[str]) -> torch.Tensor:
+    """Per sample, the index (into :data:`AXIS_ANSWERS` of its axis) of the answer whose first
+    token the model scores higher at the answer position."""
+    first = {}
+    for axis, words in AXIS_ANSWERS.items():
+        ids = [tokenizer.encode(w, add_special_tokens=False)[0] for w in words]
+        if ids[0] == ids[1]:
+            raise SystemExit(f"{words} start with the same token: a forced choice cannot tell them apart")
+        first[axis] = ids
+    return torch.tensor([int(logits[k, first[a][1]] > logits[k, first[a][0]]) for k, a in enumerate(axes)])
+
+
+def position_report(model, processor, n_train: int, n_test: int, seed: int) -> None:
+    """Print the per-layer answer-state probes and the forced-choice accuracy of position questions."""
+    t = time.perf_counter()
+    images, questions, labels, axes, same_half = position_scenes(n_train + n_test, seed + 1)
+    states, logits = answer_states(model, processor, images, questions)
+    chosen = forced_choice(logits, processor.tokenizer, axes)
+    print(f"\nPosition questions ({n_train} training / {n_test} held-out scenes; "
+          f"{time.perf_counter() - t:.0f} s): probe of the LLM's answer state by layer (0 = input "
+          f"embeddings), chance 50 %\n")
+    print("| axis | " + " | ".join(str(k) for k in range(states.shape[1])) + " |")
+    print("| --- |" + " ---: |" * states.shape[1])
+    is_x = torch.tensor([a == "x" for a in axes])
+    idx = torch.arange(len(axes))
+    for axis, name in (("x", "left / right"), ("y", "above / below")):
+        mask = is_x if axis == "x" else ~is_x
+        tr, te = idx[:n_train][mask[:n_train]], idx[n_train:][mask[n_train:]]
+        print(f"| {name} | " + " | ".join(
+            f"{100 * linear_probe(states[tr, k], labels[tr], states[te, k], labels[te], 2):.1f} %"
+            for k in range(states.shape[1])) + " |")
+    right = chosen == labels
+    print("\nThe model's forced choice between the two answers (all scenes), by whether the pair's centres "
+          "fall in the same half of the image along the axis\n")
+    print("| axis | pair in different halves | pair in the same half | all |")
+    print("| --- | ---: | ---: | ---: |")
+    for axis, name in (("x", "left / right"), ("y", "above / below")):
+        mask = is_x if axis == "x" else ~is_x
+        cells = [right[mask & ~same_half], right[mask & same_half], right[mask]]
+        print(f"| {name} | " + " | ".join(f"{100 * c.float().mean():.1f} % ({len(c)})" if len(c) else "-"
+                                          for c in cells) + " |")
 
 
 def parse_overrides(text: str) -> dict[str, int]:
@@ -194,6 +274,9 @@ def main(argv: list[str] | None = None) -> None:
                          "are re-processed at it); repeatable")
     ap.add_argument("--llm", action="store_true",
                     help="also probe the LLM's hidden state at the answer position of a shape question, per layer")
+    ap.add_argument("--position", action="store_true",
+                    help="also probe the LLM's answer state on position questions per layer, and split the "
+                         "model's forced choice by whether the pair shares a half of the image")
     ap.add_argument("--projector-steps", type=int, default=0,
                     help="also train the model's projector (a copy) and a fresh one of each type, with a linear "
                          "head on their tokens, on the shape labels over the frozen ViT for this many steps")
@@ -228,13 +311,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {name} | {100 * accs['shape']:.1f} % | {100 * accs['colour']:.1f} % |")
     if args.llm:
         t = time.perf_counter()
-        states = answer_states(model, processor, images, colours)
+        states, _ = answer_states(model, processor, images, shape_questions(colours))
         print(f"\nLLM hidden state at the answer position of \"What shape is the <colour> object?\" "
               f"({time.perf_counter() - t:.0f} s): shape probe by layer (0 = input embeddings)\n")
         print("| layer | " + " | ".join(str(k) for k in range(states.shape[1])) + " |")
         print("| --- |" + " ---: |" * states.shape[1])
         print("| shape | " + " | ".join(f"{100 * linear_probe(states[:n, k], shapes[:n], states[n:, k], shapes[n:], len(SHAPES)):.1f} %"
                                         for k in range(states.shape[1])) + " |")
+    if args.position:
+        position_report(model, processor, args.train, args.test, args.seed)
     if args.projector_steps:
         import copy
 

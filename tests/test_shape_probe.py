@@ -90,13 +90,58 @@ def test_answer_states_are_the_last_prompt_position_of_every_layer(probe, tmp_pa
     model = InternVLXForConditionalGeneration.from_pretrained(model_dir).float().eval()
     processor = InternVLXProcessor.from_pretrained(model_dir)
     images, _, colours = probe.single_object_scenes(3, seed=2)
-    states = probe.answer_states(model, processor, images, colours, batch=2)
+    questions = probe.shape_questions(colours)
+    assert questions[0] == f"What shape is the {list(COLOURS)[int(colours[0])]} object?"
+    states, logits = probe.answer_states(model, processor, images, questions, batch=2)
     layers, hidden = model.config.text_config.num_hidden_layers, model.config.text_config.hidden_size
     assert states.shape == (3, layers + 1, hidden)
+    assert logits.shape == (3, model.config.text_config.vocab_size)
     # one conversation alone gives the same states as inside a left-padded batch
-    alone = probe.answer_states(model, processor, images[2:], colours[2:])
+    alone, alone_logits = probe.answer_states(model, processor, images[2:], questions[2:])
     assert torch.allclose(alone[0], states[2], atol=1e-4)
+    assert torch.allclose(alone_logits[0], logits[2], atol=1e-4)
     assert not torch.allclose(states[0, -1], states[0, 0])
+
+
+def test_position_scenes_label_the_asked_relation(probe):
+    """Each scene's label is its answer to its question, and the same-half flag matches the
+    pair's centres: recomputed here from the rendered pixels of the two named objects."""
+    images, questions, labels, axes, same_half = probe.position_scenes(40, seed=4)
+    assert len(images) == len(questions) == len(labels) == len(axes) == len(same_half) == 40
+    assert set(axes) == {"x", "y"} and set(labels.tolist()) == {0, 1}
+    assert same_half.any() and (~same_half).any()  # both cases occur
+    for q, label, axis in zip(questions, labels.tolist(), axes, strict=True):
+        words = probe.AXIS_ANSWERS[axis]
+        assert ("left or to the right" in q) == (axis == "x")
+        assert words[label] in ("left", "right", "above", "below")
+    # a reconstruction from the synth builder with the same seed gives the same answers
+    rng = np.random.default_rng(4)
+    from internvlx.synth import _build_position
+    for k in range(40):
+        scene, qa = _build_position(rng, "easy")
+        assert qa.question == questions[k] and probe.AXIS_ANSWERS[axes[k]][labels[k]] == qa.answer
+        a, b = scene.objects[qa.params["a"]], scene.objects[qa.params["b"]]
+        key, extent = ("x", scene.width) if axes[k] == "x" else ("y", scene.height)
+        centres = [getattr(o, key) + o.size / 2 for o in (a, b)]
+        assert bool(same_half[k]) == ((centres[0] < extent / 2) == (centres[1] < extent / 2))
+
+
+def test_forced_choice_picks_the_higher_scored_first_token(probe):
+    class Tok:
+        ids = {"left": [3, 9], "right": [5], "above": [7], "below": [8, 1]}
+
+        def encode(self, word, add_special_tokens=False):
+            return self.ids[word]
+
+    logits = torch.zeros(4, 10)
+    logits[0, 3] = 1.0  # left > right
+    logits[1, 5] = 1.0  # right > left
+    logits[2, 7] = 1.0  # above > below
+    logits[3, 8] = 1.0  # below > above
+    assert probe.forced_choice(logits, Tok(), ["x", "x", "y", "y"]).tolist() == [0, 1, 0, 1]
+    Tok.ids["right"] = [3]
+    with pytest.raises(SystemExit, match="same token"):
+        probe.forced_choice(logits, Tok(), ["x"])
 
 
 def test_trained_projector_probe_learns_what_the_vit_states_carry(probe):
@@ -129,8 +174,10 @@ def test_main_prints_every_requested_table(probe, tmp_path, capsys):
     torch.set_num_threads(1)
     model_dir = build_chat_model_dir(tmp_path / "m", seed=0)
     probe.main(["--model", str(model_dir), "--train", "24", "--test", "8", "--steps", "0", "--llm",
-                "--projector-steps", "2", "--threads", "1"])
+                "--projector-steps", "2", "--position", "--threads", "1"])
     out = capsys.readouterr().out
+    assert "| left / right | " in out and "| above / below | " in out
+    assert "pair in the same half" in out
     assert "| projector tokens (what the LLM reads) |" in out
     assert "| shape | " in out and "| layer | 0 |" in out
     for name in ("the model's projector", "fresh pvtc projector", "fresh mlp projector"):

@@ -12,6 +12,7 @@ import yaml
 from transformers import TrainerCallback
 
 from internvlx import ConfigError, InternVLXForConditionalGeneration
+from internvlx.errors import CheckpointError
 from internvlx.synth import generate_synthetic
 from internvlx.train import (
     RunConfig,
@@ -198,6 +199,23 @@ def test_kill_and_resume_gives_the_same_losses(tmp_path, synth):
     a, b = _losses(full), _losses(resumed)
     for step in (4, 5, 6):
         assert b[step] == pytest.approx(a[step], rel=1e-4), (step, a, b)
+    # the checkpoint it resumed from holds no pickle: the optimizer, scheduler, RNG states and
+    # arguments are safetensors and JSON
+    names = {p.name for p in (tmp_path / "b" / "run" / "checkpoint-3").iterdir()}
+    assert {"optimizer.safetensors", "scheduler.json", "rng_state.safetensors", "training_args.json",
+            "model.safetensors"} <= names, names
+    assert not [n for n in names if n.endswith((".pt", ".pth", ".bin", ".pkl"))], names
+
+
+def test_resume_refuses_a_pickled_optimizer_state(tmp_path, synth):
+    cfg = run_cfg(tmp_path, synth, train={"max_steps": 2, "save_steps": 2})
+    train(cfg)
+    ckpt = latest_complete_checkpoint(cfg.output_dir)
+    (ckpt / "optimizer.safetensors").unlink()
+    (ckpt / "optimizer.pt").write_bytes(b"\x80\x04pickle")  # what transformers' Trainer writes
+    more = run_cfg(tmp_path, synth, train={"max_steps": 4, "save_steps": 2})
+    with pytest.raises(CheckpointError, match="pickle"):
+        train(more, resume=True)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo on Linux")

@@ -33,8 +33,9 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, get_scheduler
 
+from . import trainstate
 from .configuration import InternVLXConfig
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 from .modeling import InternVLXForConditionalGeneration
 from .processing import InternVLXProcessor
 
@@ -323,6 +324,66 @@ class VLTrainer(Trainer):
         self.image_token_id = image_token_id
         self._seen = {"samples": 0, "visual_tokens": 0, "tokens": 0}
         self._clock = time.perf_counter()
+
+    # ---- pickle-free checkpoints (internvlx.trainstate); DeepSpeed and FSDP keep their own formats
+    def _own_state_files(self) -> bool:
+        return not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
+
+    def _rank(self) -> int | None:
+        return self.args.process_index if self.args.world_size > 1 else None
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if not self._own_state_files():
+            return super()._save_optimizer_and_scheduler(output_dir)
+        if self.args.should_save:
+            trainstate.save_optimizer(self.optimizer, output_dir)
+            trainstate.save_scheduler(self.lr_scheduler, output_dir)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if checkpoint is None or not self._own_state_files():
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        folder = Path(checkpoint)
+        if not (folder / trainstate.OPTIMIZER_FILE).exists():
+            pickled = [name for name in trainstate.PICKLED_FILES if (folder / name).exists()]
+            if pickled:
+                raise CheckpointError(
+                    f"{folder} keeps its optimizer state as pickle ({', '.join(pickled)}), which internvlx does "
+                    "not load; train again without --resume (or from this checkpoint as model.init)")
+            raise CheckpointError(f"{folder} has no {trainstate.OPTIMIZER_FILE}: it is not a complete checkpoint")
+        trainstate.load_optimizer(self.optimizer, folder)
+        trainstate.load_scheduler(self.lr_scheduler, folder)
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        if not self._own_state_files():
+            return super()._save_rng_state(output_dir)
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        trainstate.save_rng(output_dir, self._rank())
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        if checkpoint is None or not self._own_state_files():
+            return super()._load_rng_state(checkpoint)
+        trainstate.load_rng(checkpoint, self._rank())
+
+    def _save_scaler(self, output_dir: str) -> None:
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is None or not self._own_state_files():
+            return super()._save_scaler(output_dir)
+        if self.args.should_save:
+            trainstate.save_json_state(scaler.state_dict(), Path(output_dir) / trainstate.SCALER_FILE)
+
+    def _load_scaler(self, checkpoint: str | None) -> None:
+        scaler = getattr(self.accelerator, "scaler", None)
+        if checkpoint is None or scaler is None or not self._own_state_files():
+            return super()._load_scaler(checkpoint)
+        if (Path(checkpoint) / trainstate.SCALER_FILE).exists():
+            scaler.load_state_dict(trainstate.load_json_state(Path(checkpoint) / trainstate.SCALER_FILE))
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        folder = Path(output_dir if output_dir is not None else self.args.output_dir)
+        if self.args.should_save and (folder / "training_args.bin").exists():
+            (folder / "training_args.bin").unlink()  # Trainer's pickle of the arguments; JSON instead
+            trainstate.save_training_args(self.args, folder)
 
     def _get_train_sampler(self, train_dataset=None):
         # transformers measures lengths by loading every item (decoding every image); our
