@@ -239,6 +239,17 @@ def check_turn(qa, scenes: tuple[Scene, ...]) -> None:
         clear = {"left": ax1 <= bx0, "right": ax0 >= bx1, "above": ay1 <= by0, "below": ay0 >= by1}
         assert clear[qa.answer]
         assert qa.answer in (("left", "right") if p["axis"] == "x" else ("above", "below"))
+    elif qa.qtype == "where":
+        o = objs[p["object"]]
+        assert f"{o.colour} {o.shape}" in qa.question
+        # the object's every pixel lies in the answered half (checked on the drawn pixels)
+        drawn = np.argwhere((np.asarray(render_scene(scene)) == COLOURS[o.colour]).all(axis=-1))
+        drawn = drawn[(drawn[:, 1] >= o.bbox[0]) & (drawn[:, 1] < o.bbox[2])
+                      & (drawn[:, 0] >= o.bbox[1]) & (drawn[:, 0] < o.bbox[3])]
+        coord, extent = (drawn[:, 1], scene.width) if p["axis"] == "x" else (drawn[:, 0], scene.height)
+        first = qa.answer in ("left", "top")
+        assert qa.answer in (("left", "right") if p["axis"] == "x" else ("top", "bottom"))
+        assert (2 * (coord + 1) <= extent).all() if first else (2 * coord >= extent).all()
     elif qa.qtype == "text":
         assert scene.text is not None and qa.answer == scene.text.word and qa.answer in WORDS
     elif qa.qtype == "caption":
@@ -554,3 +565,51 @@ def test_cli_qtype_weights_parse_and_reach_the_dataset(tmp_path):
     assert stats["options"]["qtype_weights"] == [0.0, 1.0, 0.0, 0.0, 0.0]
     records = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
     assert records and {r["qtype"] for r in records} == {"shape"}
+
+
+def test_where_questions_follow_their_fraction_and_answer_from_the_pixels():
+    from collections import Counter
+
+    from internvlx.synth import SynthOptions, sample_kind
+
+    opts = SynthOptions(resolution="easy", seed=2, where_fraction=0.4, multi_turn_fraction=1.0, max_follow_ups=3)
+    kinds = Counter(sample_kind(i, "train", opts) for i in range(4000))
+    assert abs(kinds["where"] / 4000 - 0.4) < 0.01
+    answers = Counter()
+    for index in range(120):
+        sample = generate_sample(index, "train", opts)
+        for qa in sample.turns:
+            check_turn(qa, sample.scenes)
+        if sample.turns[0].qtype == "where":
+            answers[sample.turns[0].answer] += 1
+            assert len(sample.turns) > 1  # follow-ups about the same image, as for other types
+    assert set(answers) == {"left", "right", "top", "bottom"} and min(answers.values()) >= 5
+
+
+def test_where_fraction_zero_keeps_the_data_and_the_fractions_must_fit():
+    from internvlx.errors import ConfigError
+    from internvlx.synth import SynthOptions
+
+    plain, zero = SynthOptions(resolution="easy"), SynthOptions(resolution="easy", where_fraction=0.0)
+    for index in range(40):
+        assert generate_sample(index, "train", plain) == generate_sample(index, "train", zero)
+    with pytest.raises(ConfigError, match="where_fraction"):
+        SynthOptions(caption_fraction=0.7, where_fraction=0.4).validate()
+    with pytest.raises(ConfigError, match="where_fraction"):
+        SynthOptions(where_fraction=-0.1).validate()
+
+
+def test_cli_where_fraction_reaches_the_dataset(tmp_path):
+    import json
+
+    from internvlx.cli import main
+
+    out = tmp_path / "d"
+    assert main(["data", "synth", "--out", str(out), "--n", "60", "--resolution", "easy", "--where-fraction", "0.8",
+                 "--no-progress"]) == 0
+    options = json.loads((out / "stats.json").read_text())["options"]
+    assert options["where_fraction"] == 0.8 and options["caption_fraction"] == 0.15
+    # captions keep their share; text-only and two-image samples shrink into the 5 % left
+    assert options["text_only_fraction"] + options["multi_image_fraction"] == pytest.approx(0.05)
+    records = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert sum(r["qtype"] == "where" for r in records) >= 0.7 * len(records)

@@ -46,7 +46,9 @@ names the type of every question in a multi-turn record. Multi-image records hav
 **Question types.** Image questions: ``colour``, ``shape``, ``count``, ``position``, ``text``
 (the word written in the image) and ``caption`` ("Describe the image."); multi-image:
 ``compare`` ("Which image has more squares? Answer 1 or 2."); text-only: ``arith`` and
-``word``. Every answer except captions is one lowercase word or a number.
+``word``; and, only where ``where_fraction`` asks for them, ``where`` ("Is the red star in the
+left or the right half of the image?": one object's absolute place, a step towards the relative
+``position`` questions). Every answer except captions is one lowercase word or a number.
 
 **Determinism.** Sample ``i`` of a split depends only on ``(seed, split, i)`` and the options,
 never on ``n``: a run with a larger ``n`` extends a smaller one. Train and test draw from
@@ -118,7 +120,9 @@ CANVAS_SIDES = {"low": (224, 448), "high": (900, 2000), "mixed": (112, 320), "si
 SPLITS = ("train", "test")
 #: Question types asked about one image (and usable as follow-ups in multi-turn records).
 IMAGE_QTYPES = ("colour", "shape", "count", "position", "text")
-QTYPES = (*IMAGE_QTYPES, "caption", "compare", "arith", "word")
+QTYPES = (*IMAGE_QTYPES, "caption", "compare", "arith", "word", "where")
+#: The answers of ``where`` questions per axis: the half of the image an object lies wholly in.
+WHERE_ANSWERS = {"x": ("left", "right"), "y": ("top", "bottom")}
 BACKGROUNDS = ("plain", "gradient", "noise")
 
 _SPLIT_CODE = {"train": 0, "test": 1}
@@ -227,7 +231,9 @@ class SynthOptions:
     image: between one and ``max_follow_ups`` of them (at most one per question type of
     :data:`IMAGE_QTYPES`, fewer where a scene has nothing to ask of a type). More questions per
     image give the image pathway more supervision for the same vision forward pass (what the
-    demo model's stage 3 trains on).
+    demo model's stage 3 trains on). ``where_fraction`` is the share of ``where`` questions
+    (which get follow-ups like the other single-image ones); at 0, the default, the data are
+    exactly those of before the option existed.
     """
 
     resolution: str = "low"
@@ -238,6 +244,7 @@ class SynthOptions:
     multi_turn_fraction: float = 0.2
     max_follow_ups: int = 2
     qtype_weights: tuple[float, ...] | None = None
+    where_fraction: float = 0.0
 
     def validate(self) -> SynthOptions:
         if self.resolution not in RESOLUTIONS:
@@ -247,7 +254,7 @@ class SynthOptions:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
         names = ("caption_fraction", "text_only_fraction", "multi_image_fraction",
-                 "multi_turn_fraction")  # fmt: skip
+                 "multi_turn_fraction", "where_fraction")  # fmt: skip
         for name in names:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
@@ -268,11 +275,12 @@ class SynthOptions:
                     f"qtype_weights must be {most} non-negative numbers (for {', '.join(IMAGE_QTYPES)}) "
                     f"with a positive sum, got {weights!r}"
                 )
-        special = self.caption_fraction + self.text_only_fraction + self.multi_image_fraction
+        special = (self.caption_fraction + self.text_only_fraction + self.multi_image_fraction
+                   + self.where_fraction)  # fmt: skip
         if special > 1 + 1e-9:
             raise ConfigError(
-                "caption_fraction + text_only_fraction + multi_image_fraction must not exceed 1, "
-                f"got {special:g}"
+                "caption_fraction + text_only_fraction + multi_image_fraction + where_fraction "
+                f"must not exceed 1, got {special:g}"
             )
         return self
 
@@ -667,6 +675,29 @@ def _ask_position(
     return QA("position", question, answer, {"a": i, "b": j, "axis": axis})
 
 
+def _side(obj: SceneObject, scene: Scene, axis: str) -> str | None:
+    """The half of the image ``obj`` lies wholly in along ``axis`` (``WHERE_ANSWERS[axis]``), or
+    None where it straddles the middle."""
+    start, extent = (obj.x, scene.width) if axis == "x" else (obj.y, scene.height)
+    if 2 * (start + obj.size) <= extent:
+        return WHERE_ANSWERS[axis][0]
+    if 2 * start >= extent:
+        return WHERE_ANSWERS[axis][1]
+    return None
+
+
+def _ask_where(rng: np.random.Generator, scene: Scene) -> QA | None:
+    options = [(i, axis) for i, obj in enumerate(scene.objects) for axis in ("x", "y")
+               if _side(obj, scene, axis) is not None]  # fmt: skip
+    if not options:
+        return None
+    i, axis = _pick(rng, options)
+    obj = scene.objects[i]
+    first, second = WHERE_ANSWERS[axis]
+    question = f"Is the {obj.name} in the {first} or the {second} half of the image?"
+    return QA("where", question, _side(obj, scene, axis), {"object": i, "axis": axis})
+
+
 def _ask_text(rng: np.random.Generator, scene: Scene) -> QA | None:
     if scene.text is None:
         return None
@@ -761,6 +792,16 @@ def _build_position(rng, res):
     items += _distractors(rng, int(rng.integers(0, 2 if res in _SIMPLE else 3)), items)
     scene = _build_scene(rng, res, items, constraints=[(1, 0, rel)])
     return scene, _ask_position(rng, scene, (1, 0, axis))
+
+
+def _build_where(rng, res):
+    items = _distractors(rng, 1 + int(rng.integers(0, 2 if res in _SIMPLE else 3)), [])
+    for _ in range(50):  # a new layout until some object lies wholly in one half
+        scene = _build_scene(rng, res, items)
+        qa = _ask_where(rng, scene)
+        if qa is not None:
+            return scene, qa
+    raise RuntimeError(f"no object of {items} ever lay in one half of the image")  # pragma: no cover
 
 
 def _build_text(rng, res):
@@ -874,7 +915,7 @@ def _schedule_offset(seed: int, split: str) -> float:
 
 def sample_kind(index: int, split: str, options: SynthOptions) -> str:
     """What sample ``index`` is: a question type of :data:`IMAGE_QTYPES`, ``caption``,
-    ``text_only`` or ``multi_image``.
+    ``text_only``, ``multi_image`` or ``where``.
 
     Kinds follow a golden-ratio (low-discrepancy) sequence, so every prefix of a split holds
     each kind in proportion, within a couple of samples.
@@ -882,12 +923,14 @@ def sample_kind(index: int, split: str, options: SynthOptions) -> str:
     u = (_schedule_offset(options.seed, split) + index * _INV_PHI) % 1.0
     for kind, share in (("caption", options.caption_fraction),
                         ("text_only", options.text_only_fraction),
-                        ("multi_image", options.multi_image_fraction)):  # fmt: skip
+                        ("multi_image", options.multi_image_fraction),
+                        ("where", options.where_fraction)):  # fmt: skip
         if u < share:
             return kind
         u -= share
     rest = (
         1.0 - options.caption_fraction - options.text_only_fraction - options.multi_image_fraction
+        - options.where_fraction
     )
     if options.qtype_weights is None:  # equal shares: the original arithmetic, bit for bit
         k = int(u / rest * len(IMAGE_QTYPES)) if rest > 0 else 0
@@ -923,7 +966,7 @@ def generate_sample(
         scene, qa = _build_caption(rng, res)
         scenes, turns = [scene], [qa]
     else:
-        scene, qa = _BUILDERS[kind](rng, res)
+        scene, qa = (_build_where if kind == "where" else _BUILDERS[kind])(rng, res)
         scenes, turns = [scene], [qa]
         if rng.random() < options.multi_turn_fraction:
             turns += _follow_ups(rng, scene, qa, options.max_follow_ups)
@@ -1004,6 +1047,7 @@ def generate_synthetic(
     multi_turn_fraction: float = 0.2,
     max_follow_ups: int = 2,
     qtype_weights: Sequence[float] | None = None,
+    where_fraction: float = 0.0,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -1017,7 +1061,8 @@ def generate_synthetic(
     """
     options = SynthOptions(resolution, seed, caption_fraction, text_only_fraction,
                            multi_image_fraction, multi_turn_fraction, max_follow_ups,
-                           None if qtype_weights is None else tuple(qtype_weights)).validate()  # fmt: skip
+                           None if qtype_weights is None else tuple(qtype_weights),
+                           where_fraction).validate()  # fmt: skip
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"n (number of samples) must be a positive integer, got {n!r}")
     if (
