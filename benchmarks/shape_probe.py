@@ -72,22 +72,21 @@ AXIS_ANSWERS = {"x": ("left", "right"), "y": ("above", "below")}
 
 def position_scenes(n: int, seed: int, resolution: str = "easy"):
     """`n` position scenes as the training data builds them: images, questions, answer labels
-    (index into :data:`AXIS_ANSWERS` of the axis), axes, and whether the pair's centres fall in
-    the same half of the image along the axis."""
+    (index into :data:`AXIS_ANSWERS` of the axis), axes, and the half (0: left / top, 1: right /
+    bottom) of the image that the centre of each of the pair, ``[n, 2]``, falls in along the axis."""
     rng = np.random.default_rng(seed)
-    images, questions, labels, axes, same_half = [], [], [], [], []
+    images, questions, labels, axes, halves = [], [], [], [], []
     for _ in range(n):
         scene, qa = _build_position(rng, resolution)
         axis = qa.params["axis"]
         a, b = scene.objects[qa.params["a"]], scene.objects[qa.params["b"]]
         extent, lo = (scene.width, "x") if axis == "x" else (scene.height, "y")
-        halves = {int(2 * (getattr(o, lo) + o.size / 2) >= extent) for o in (a, b)}
         images.append(render_scene(scene))
         questions.append(qa.question)
         labels.append(AXIS_ANSWERS[axis].index(qa.answer))
         axes.append(axis)
-        same_half.append(len(halves) == 1)
-    return images, questions, torch.tensor(labels), axes, torch.tensor(same_half)
+        halves.append([int(2 * (getattr(o, lo) + o.size / 2) >= extent) for o in (a, b)])
+    return images, questions, torch.tensor(labels), axes, torch.tensor(halves)
 
 
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
@@ -223,22 +222,26 @@ def forced_choice(logits: torch.Tensor, tokenizer, axes: list[str]) -> torch.Ten
 def position_report(model, processor, n_train: int, n_test: int, seed: int) -> None:
     """Print the per-layer answer-state probes and the forced-choice accuracy of position questions."""
     t = time.perf_counter()
-    images, questions, labels, axes, same_half = position_scenes(n_train + n_test, seed + 1)
+    images, questions, labels, axes, halves = position_scenes(n_train + n_test, seed + 1)
+    same_half = halves[:, 0] == halves[:, 1]
     states, logits = answer_states(model, processor, images, questions)
     chosen = forced_choice(logits, processor.tokenizer, axes)
     print(f"\nPosition questions ({n_train} training / {n_test} held-out scenes; "
           f"{time.perf_counter() - t:.0f} s): probe of the LLM's answer state by layer (0 = input "
           f"embeddings), chance 50 %\n")
-    print("| axis | " + " | ".join(str(k) for k in range(states.shape[1])) + " |")
+    print("| probed label | " + " | ".join(str(k) for k in range(states.shape[1])) + " |")
     print("| --- |" + " ---: |" * states.shape[1])
     is_x = torch.tensor([a == "x" for a in axes])
     idx = torch.arange(len(axes))
     for axis, name in (("x", "left / right"), ("y", "above / below")):
         mask = is_x if axis == "x" else ~is_x
         tr, te = idx[:n_train][mask[:n_train]], idx[n_train:][mask[n_train:]]
-        print(f"| {name} | " + " | ".join(
-            f"{100 * linear_probe(states[tr, k], labels[tr], states[te, k], labels[te], 2):.1f} %"
-            for k in range(states.shape[1])) + " |")
+        # the answer, and -- a step it needs -- the half each named object is in
+        for label, y in ((f"{name}: the answer", labels), (f"{name}: first object's half", halves[:, 0]),
+                         (f"{name}: second object's half", halves[:, 1])):
+            print(f"| {label} | " + " | ".join(
+                f"{100 * linear_probe(states[tr, k], y[tr], states[te, k], y[te], 2):.1f} %"
+                for k in range(states.shape[1])) + " |")
     right = chosen == labels
     print("\nThe model's forced choice between the two answers (all scenes), by whether the pair's centres "
           "fall in the same half of the image along the axis\n")

@@ -104,17 +104,14 @@ def test_answer_states_are_the_last_prompt_position_of_every_layer(probe, tmp_pa
 
 
 def test_position_scenes_label_the_asked_relation(probe):
-    """Each scene's label is its answer to its question, and the same-half flag matches the
-    pair's centres: recomputed here from the rendered pixels of the two named objects."""
-    images, questions, labels, axes, same_half = probe.position_scenes(40, seed=4)
-    assert len(images) == len(questions) == len(labels) == len(axes) == len(same_half) == 40
+    """Each scene's label is its answer to its question, and the halves are those of the pair's
+    centres: checked against the synth builder replayed with the same seed."""
+    images, questions, labels, axes, halves = probe.position_scenes(40, seed=4)
+    assert len(images) == len(questions) == len(labels) == len(axes) == len(halves) == 40
+    assert halves.shape == (40, 2)
     assert set(axes) == {"x", "y"} and set(labels.tolist()) == {0, 1}
-    assert same_half.any() and (~same_half).any()  # both cases occur
-    for q, label, axis in zip(questions, labels.tolist(), axes, strict=True):
-        words = probe.AXIS_ANSWERS[axis]
-        assert ("left or to the right" in q) == (axis == "x")
-        assert words[label] in ("left", "right", "above", "below")
-    # a reconstruction from the synth builder with the same seed gives the same answers
+    same = halves[:, 0] == halves[:, 1]
+    assert same.any() and (~same).any()  # both cases occur
     rng = np.random.default_rng(4)
     from internvlx.synth import _build_position
     for k in range(40):
@@ -122,8 +119,12 @@ def test_position_scenes_label_the_asked_relation(probe):
         assert qa.question == questions[k] and probe.AXIS_ANSWERS[axes[k]][labels[k]] == qa.answer
         a, b = scene.objects[qa.params["a"]], scene.objects[qa.params["b"]]
         key, extent = ("x", scene.width) if axes[k] == "x" else ("y", scene.height)
-        centres = [getattr(o, key) + o.size / 2 for o in (a, b)]
-        assert bool(same_half[k]) == ((centres[0] < extent / 2) == (centres[1] < extent / 2))
+        for obj, half in zip((a, b), halves[k].tolist(), strict=True):
+            centre = getattr(obj, key) + obj.size / 2
+            assert half == (centre >= extent / 2)
+        # a clear relation between different halves can only go one way
+        if halves[k, 0] != halves[k, 1]:
+            assert labels[k] == halves[k, 0]
 
 
 def test_forced_choice_picks_the_higher_scored_first_token(probe):
@@ -176,7 +177,7 @@ def test_main_prints_every_requested_table(probe, tmp_path, capsys):
     probe.main(["--model", str(model_dir), "--train", "24", "--test", "8", "--steps", "0", "--llm",
                 "--projector-steps", "2", "--position", "--threads", "1"])
     out = capsys.readouterr().out
-    assert "| left / right | " in out and "| above / below | " in out
+    assert "| left / right: the answer | " in out and "| above / below: first object's half | " in out
     assert "pair in the same half" in out
     assert "| projector tokens (what the LLM reads) |" in out
     assert "| shape | " in out and "| layer | 0 |" in out
