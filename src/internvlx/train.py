@@ -362,6 +362,11 @@ class VLTrainer(Trainer):
     def _load_rng_state(self, checkpoint: str | None) -> None:
         if checkpoint is None or not self._own_state_files():
             return super()._load_rng_state(checkpoint)
+        if not (Path(checkpoint) / trainstate.rng_file(self._rank())).exists():
+            # e.g. a checkpoint of another process count: the run goes on, not bit-for-bit
+            logger.warning("%s has no %s: resuming with fresh random states", checkpoint,
+                           trainstate.rng_file(self._rank()))
+            return
         trainstate.load_rng(checkpoint, self._rank())
 
     def _save_scaler(self, output_dir: str) -> None:
