@@ -360,6 +360,33 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 COMMANDS.append(_add_eval)
 
 
+def _eval_compare(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .evaluation import compare_runs, render_comparison
+
+    result = compare_runs(args.a, args.b, group_by=args.group_by or None, resamples=args.resamples, seed=args.seed)
+    print(render_comparison(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+def _add_eval_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval-compare", help="paired comparison of two eval runs (bootstrap interval of B - A)")
+    p.add_argument("a", help="an `internvlx eval --out` folder (the baseline)")
+    p.add_argument("b", help="another one, on the same data")
+    p.add_argument("--group-by", default="qtype", help="meta field to break the comparison down by ('' for none)")
+    p.add_argument("--resamples", type=int, default=10_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="also write the result as JSON here")
+    p.set_defaults(func=_eval_compare)
+
+
+COMMANDS.append(_add_eval_compare)
+
+
 def _bench(args: argparse.Namespace) -> int:
     from .bench import run_from_args
 

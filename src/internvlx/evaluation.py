@@ -83,6 +83,8 @@ __all__ = [
     "resolve_inside",
     "score_predictions",
     "sync_processor",
+    "compare_runs",
+    "render_comparison",
 ]
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -694,9 +696,10 @@ def _score_mme(rows: Sequence[Mapping[str, Any]], variant: str, group_by: Sequen
             "breakdown": {"category": scores["categories"]}}
 
 
+_PER_SAMPLE_METRICS = ("synth_exact", "vqa_accuracy", "anls", "relaxed_accuracy", "exact_match", "multiple_choice")
 _SCORERS: dict[str, Callable[[Sequence[Mapping[str, Any]], str, Sequence[str]], dict[str, Any]]] = {
     name: (lambda rows, variant, group_by, _n=name: _score_per_sample(rows, _n, variant, group_by))
-    for name in ("synth_exact", "vqa_accuracy", "anls", "relaxed_accuracy", "exact_match", "multiple_choice")
+    for name in _PER_SAMPLE_METRICS
 }
 _SCORERS["pope"] = _score_pope
 _SCORERS["mme"] = _score_mme
@@ -1053,3 +1056,79 @@ def evaluate(
     if out_dir is not None:
         _write_json_atomic(Path(out_dir) / SUMMARY_FILE, summary)
     return summary
+
+
+# =============================================================================== paired comparison
+def _scored_rows(out_dir: Path) -> tuple[dict[str, Any], dict[str, tuple[float, dict[str, Any]]]]:
+    summary_path = out_dir / SUMMARY_FILE
+    if not summary_path.is_file():
+        raise DataError(f"{out_dir} has no {SUMMARY_FILE}: pass a folder written by `internvlx eval`")
+    summary = json.loads(summary_path.read_text())
+    metric, variant = summary.get("metric"), summary.get("variant", "internvl")
+    if metric not in _PER_SAMPLE_METRICS:
+        raise ConfigError(f"{out_dir}: metric {metric!r} is not scored per sample, so runs cannot be paired "
+                          f"(per-sample metrics: {', '.join(sorted(_PER_SAMPLE_METRICS))})")
+    score = _per_sample(metric)
+    rows: dict[str, tuple[float, dict[str, Any]]] = {}
+    for row in read_predictions(out_dir / PREDICTIONS_FILE):
+        try:
+            rows[str(row["id"])] = (float(score(row, variant)), row.get("meta") or {})
+        except MetricInputError:
+            continue  # unscored, as in the run's own summary
+    return summary, rows
+
+
+def compare_runs(a_dir: str | os.PathLike, b_dir: str | os.PathLike, *, group_by: str | None = "qtype",
+                 resamples: int = 10_000, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
+    """Paired comparison of two `internvlx eval` folders on the samples both scored: per group
+    (``meta[group_by]``) and overall, the two means, their difference B − A with a paired
+    bootstrap interval (``resamples`` resamplings of the samples, ``level`` two-sided), and how
+    many samples only A / only B got right (scored above zero). Both runs must use the same metric; samples only one
+    run holds are counted, not compared."""
+    import numpy as np
+
+    (sa, a), (sb, b) = _scored_rows(Path(a_dir)), _scored_rows(Path(b_dir))
+    if (sa.get("metric"), sa.get("variant")) != (sb.get("metric"), sb.get("variant")):
+        raise ConfigError(f"{a_dir} scores {sa.get('metric')}/{sa.get('variant')} but {b_dir} "
+                          f"{sb.get('metric')}/{sb.get('variant')}: compare runs of one metric")
+    shared = sorted(set(a) & set(b))
+    if not shared:
+        raise DataError(f"{a_dir} and {b_dir} share no scored sample ids: were they run on the same data?")
+    rng = np.random.default_rng(seed)
+    by_value: dict[str, list[str]] = {}
+    if group_by:
+        for key in shared:
+            value = a[key][1].get(group_by)
+            if value is not None:
+                by_value.setdefault(f"{group_by}={value}", []).append(key)
+    groups = {"all": shared, **dict(sorted(by_value.items()))}
+
+    def stats(keys: list[str]) -> dict[str, Any]:
+        x = np.array([a[k][0] for k in keys])
+        y = np.array([b[k][0] for k in keys])
+        d = y - x
+        boot = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(1)
+        lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+        return {"n": len(keys), "a": float(x.mean()), "b": float(y.mean()), "diff": float(d.mean()),
+                "ci": [float(lo), float(hi)], "only_a": int(((x > 0) & (y == 0)).sum()),
+                "only_b": int(((y > 0) & (x == 0)).sum())}
+
+    return {"a": str(a_dir), "b": str(b_dir), "metric": sa.get("metric"), "level": level, "resamples": resamples,
+            "only_in_a": len(set(a) - set(b)), "only_in_b": len(set(b) - set(a)),
+            "groups": {name: stats(keys) for name, keys in groups.items()}}
+
+
+def render_comparison(result: Mapping[str, Any]) -> str:
+    """A markdown table of :func:`compare_runs`' result."""
+    pct = int(round(100 * result["level"]))
+    lines = [f"A = {result['a']}", f"B = {result['b']}",
+             f"paired on the samples both scored ({result['metric']}; {pct} % bootstrap interval of B − A, "
+             f"{result['resamples']} resamplings)", "",
+             f"| group | n | A | B | B − A | {pct} % interval | right only in A | right only in B |",
+             "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
+    for name, g in result["groups"].items():
+        lines.append(f"| {name} | {g['n']} | {100 * g['a']:.1f} % | {100 * g['b']:.1f} % | {100 * g['diff']:+.1f} | "
+                     f"[{100 * g['ci'][0]:+.1f}, {100 * g['ci'][1]:+.1f}] | {g['only_a']} | {g['only_b']} |")
+    if result["only_in_a"] or result["only_in_b"]:
+        lines += ["", f"not compared: {result['only_in_a']} samples only in A, {result['only_in_b']} only in B"]
+    return "\n".join(lines)
