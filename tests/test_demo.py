@@ -146,8 +146,18 @@ def test_demo_recipe_configs_parse_and_chain():
     for before, after in zip([later[-1], last[0]], last, strict=True):
         assert after.model["init"] == f"{before.output_dir}/final" and "vision_init" not in after.model
         assert str(after.stage) == "2" and after.data["meta"] == later[-1].data["meta"]
-    seeds = {c.train["seed"] for c in [*chain, *later, *last]}
-    assert len(seeds) == len(chain) + len(later) + len(last)
+    # stages 9 and 10 (shipped) continue likewise, on stage 6's two data sets plus a position-heavy
+    # set (9) and a set with where questions (10)
+    import json
+
+    on = [RunConfig.from_yaml(root / name) for name in ("demo-stage9.yaml", "demo-stage10.yaml")]
+    for before, after, added in zip([last[-1], on[0]], on, ("synth-easy-pos", "synth-easy-where"), strict=True):
+        assert after.model["init"] == f"{before.output_dir}/final" and "vision_init" not in after.model
+        meta = json.loads((root.parent / after.data["meta"]).read_text())
+        roots = {Path(e["root"]).name for e in meta.values()}
+        assert {"synth-easy-mt", "synth-easy-shape", added} <= roots and str(after.stage) == "2"
+    seeds = {c.train["seed"] for c in [*chain, *later, *last, *on]}
+    assert len(seeds) == len(chain) + len(later) + len(last) + len(on)
 
 
 def test_recipe_puts_a_stages_vision_pretraining_before_it(tmp_path):
