@@ -278,3 +278,32 @@ def test_init_continues_an_earlier_pretraining_with_its_heads(pretrained, tmp_pa
     with pytest.raises(ConfigError, match="different ViT"):  # the demo preset's ViT is not the tiny one's
         pretrain_vision(VisionPretrainConfig(out=str(tmp_path / "z"), preset="demo", init=str(out), steps=1),
                         progress=False)
+
+
+def test_qtype_weights_shape_the_training_scenes_not_the_held_out_ones(tmp_path):
+    import shlex
+
+    from internvlx.vision_pretrain import pretrain_command
+
+    cfg = VisionPretrainConfig(out="x", qtype_weights=[0, 0, 0, 0, 1]).validate()
+    assert cfg.synth_options().qtype_weights == (0.0, 0.0, 0.0, 0.0, 1.0)
+    assert cfg.synth_options(held_out=True).qtype_weights is None
+
+    def with_text(options, n=60):
+        stream = SceneStream("train", options, 112, 14, 0.1)
+        return sum(stream.next_scene().text is not None for _ in range(n))
+
+    assert with_text(cfg.synth_options()) > 2 * with_text(cfg.synth_options(held_out=True))
+    with pytest.raises(ConfigError, match="qtype_weights"):
+        VisionPretrainConfig(out="x", qtype_weights=[1, 1]).validate()
+    out = tmp_path / "vit"
+    assert cli_main(["pretrain-vision", "--preset", "tiny", "--out", str(out), "--steps", "1", "--batch-size", "2",
+                     "--warmup-steps", "0", "--eval-images", "4", "--qtype-weights", "text=4", "--no-progress"]) == 0
+    command = pretrain_command(out)
+    assert "--qtype-weights colour=1,shape=1,count=1,position=1,text=4" in command
+    argv = shlex.split(command)[1:]
+    argv[argv.index("--out") + 1] = str(tmp_path / "again")
+    assert cli_main([*argv, "--no-progress"]) == 0
+    first = json.loads((out / "metrics.json").read_text())["config"]
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())["config"]
+    assert {**first, "out": ""} == {**again, "out": ""} and first["qtype_weights"] == [1, 1, 1, 1, 4]

@@ -280,6 +280,9 @@ def _add_pretrain_vision(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-cover", type=float, default=d.min_cover, help="share of a patch an object must cover to label it")
     p.add_argument("--position-init", choices=["sincos", "zeros"], default=d.position_init,
                    help="start of the ViT's absolute positions (transformers' own init is zeros)")
+    p.add_argument("--qtype-weights", type=_qtype_weights, default=None, metavar="TYPE=W[,TYPE=W]",
+                   help="shares of the training scenes' kinds, as for `data synth` (e.g. text=4: more words); "
+                        "the held-out scenes keep the default mix")
     p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument("--eval-images", type=int, default=d.eval_images, help="held-out scenes of the periodic evaluation")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")

@@ -46,6 +46,7 @@ from .errors import CheckpointError, ConfigError
 from .images import preprocess_image
 from .synth import (
     COLOURS,
+    IMAGE_QTYPES,
     SHAPES,
     WORDS,
     Scene,
@@ -137,6 +138,10 @@ class VisionPretrainConfig:
     eval_images: int = 512
     num_threads: int | None = None
     position_init: str = "sincos"  # "sincos" (fixed 2-D codes as the start) or "zeros" (transformers' init)
+    # shares of the single-image scene kinds of the TRAINING scenes (as `internvlx data synth
+    # --qtype-weights`, e.g. text=4 for more words); the held-out scenes keep the default mix,
+    # so runs with different weights are scored on the same scenes
+    qtype_weights: list[float] | None = None
 
     def validate(self) -> VisionPretrainConfig:
         for name in ("steps", "batch_size", "eval_every", "eval_images"):
@@ -146,8 +151,12 @@ class VisionPretrainConfig:
             raise ConfigError("need lr > 0, 0 <= min_cover <= 1, warmup_steps >= 0 and weight_decay >= 0")
         if self.position_init not in ("sincos", "zeros"):
             raise ConfigError(f"position_init must be 'sincos' or 'zeros', got {self.position_init!r}")
-        SynthOptions(resolution=self.resolution, seed=self.data_seed).validate()
+        self.synth_options().validate()
         return self
+
+    def synth_options(self, held_out: bool = False) -> SynthOptions:
+        weights = None if held_out or self.qtype_weights is None else tuple(float(w) for w in self.qtype_weights)
+        return SynthOptions(resolution=self.resolution, seed=self.data_seed, qtype_weights=weights)
 
 
 class SceneStream:
@@ -291,9 +300,9 @@ def pretrain_vision(cfg: VisionPretrainConfig, progress: bool = True) -> dict[st
     if resume:
         _load_heads(heads, init / HEADS_WEIGHTS)
     tile, patch = config.tile_size, vcfg.patch_size[0] if isinstance(vcfg.patch_size, (list, tuple)) else vcfg.patch_size
-    options = SynthOptions(resolution=cfg.resolution, seed=cfg.data_seed)
-    train = SceneStream("train", options, tile, patch, cfg.min_cover)
-    held_x, held_y = SceneStream("test", options, tile, patch, cfg.min_cover).batch(cfg.eval_images)
+    train = SceneStream("train", cfg.synth_options(), tile, patch, cfg.min_cover)
+    held_x, held_y = SceneStream("test", cfg.synth_options(held_out=True), tile, patch,
+                                 cfg.min_cover).batch(cfg.eval_images)
     params = [*vision.parameters(), *heads.parameters()]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -333,7 +342,8 @@ def pretrain_vision(cfg: VisionPretrainConfig, progress: bool = True) -> dict[st
 FLAGS = {"preset": "--preset", "init": "--init", "steps": "--steps", "batch_size": "--batch-size", "lr": "--lr",
          "warmup_steps": "--warmup-steps", "resolution": "--resolution", "data_seed": "--data-seed",
          "seed": "--seed", "eval_every": "--eval-every", "eval_images": "--eval-images", "num_threads": "--threads",
-         "weight_decay": "--weight-decay", "min_cover": "--min-cover", "position_init": "--position-init"}
+         "weight_decay": "--weight-decay", "min_cover": "--min-cover", "position_init": "--position-init",
+         "qtype_weights": "--qtype-weights"}
 
 
 def pretrain_command(directory: str | Path) -> str:
@@ -344,7 +354,12 @@ def pretrain_command(directory: str | Path) -> str:
         raise CheckpointError(f"{path} is missing: {directory} was not written by `internvlx pretrain-vision`")
     used = json.loads(path.read_text())["config"]
     defaults = asdict(VisionPretrainConfig(out=""))
-    flags = "".join(f" {flag} {used[name]:g}" if isinstance(used[name], float) else f" {flag} {used[name]}"
+    def value(name: str, v: Any) -> str:
+        if name == "qtype_weights":  # "colour=1,shape=1,count=1,position=1,text=4"
+            return ",".join(f"{q}={float(w):g}" for q, w in zip(IMAGE_QTYPES, v, strict=True))
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    flags = "".join(f" {flag} {value(name, used[name])}"
                     for name, flag in FLAGS.items() if used.get(name, defaults[name]) != defaults[name])
     return f"internvlx pretrain-vision --out {directory}{flags}"
 
