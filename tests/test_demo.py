@@ -156,8 +156,12 @@ def test_demo_recipe_configs_parse_and_chain():
         meta = json.loads((root.parent / after.data["meta"]).read_text())
         roots = {Path(e["root"]).name for e in meta.values()}
         assert {"synth-easy-mt", "synth-easy-shape", added} <= roots and str(after.stage) == "2"
-    seeds = {c.train["seed"] for c in [*chain, *later, *last, *on]}
-    assert len(seeds) == len(chain) + len(later) + len(last) + len(on)
+    # stage 12 (shipped) swaps in a word-heavy ViT (model.vision_init) on stage 10's data
+    swap = RunConfig.from_yaml(root / "demo-stage12.yaml")
+    assert swap.model["init"] == f"{on[-1].output_dir}/final" and swap.model["vision_init"]
+    assert swap.data["meta"] == on[-1].data["meta"] and str(swap.stage) == "2"
+    seeds = {c.train["seed"] for c in [*chain, *later, *last, *on, swap]}
+    assert len(seeds) == len(chain) + len(later) + len(last) + len(on) + 1
 
 
 def test_recipe_puts_a_stages_vision_pretraining_before_it(tmp_path):
