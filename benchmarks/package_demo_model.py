@@ -31,7 +31,7 @@ import torch
 
 from internvlx import InternVLXForConditionalGeneration, InternVLXProcessor
 from internvlx.jsonl import iter_jsonl
-from internvlx.synth import IMAGE_QTYPES, SynthOptions
+from internvlx.synth import SynthOptions, format_qtype_weights
 from internvlx.vision_pretrain import pretrain_command
 
 DEMO_QTYPES = ("colour", "shape", "count", "position", "text")
@@ -64,7 +64,7 @@ SYNTH_FLAGS = {k: v for k, v in asdict(SynthOptions()).items() if k not in ("res
 
 def _flag_value(name: str, value: Any) -> str:
     if name == "qtype_weights":  # one weight per question type -> "colour=1,shape=4,..."
-        return ",".join(f"{q}={w:g}" for q, w in zip(IMAGE_QTYPES, value, strict=True))
+        return format_qtype_weights(value)
     return format(value, "g")
 
 

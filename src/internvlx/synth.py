@@ -219,6 +219,12 @@ class QA:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+def format_qtype_weights(weights: Sequence[float]) -> str:
+    """``(1, 4, 1, 1, 1)`` -> ``"colour=1,shape=4,count=1,position=1,text=1"``: the
+    ``--qtype-weights`` flag value of one weight per :data:`IMAGE_QTYPES` entry."""
+    return ",".join(f"{q}={float(w):g}" for q, w in zip(IMAGE_QTYPES, weights, strict=True))
+
+
 @dataclass(frozen=True)
 class SynthOptions:
     """What a dataset is drawn from; sample ``i`` is a function of these, the split and ``i``.
@@ -882,6 +888,7 @@ _BUILDERS = {
     "count": _build_count,
     "position": _build_position,
     "text": _build_text,
+    "where": _build_where,  # only drawn when where_fraction > 0 (not one of IMAGE_QTYPES)
 }
 
 
@@ -966,7 +973,7 @@ def generate_sample(
         scene, qa = _build_caption(rng, res)
         scenes, turns = [scene], [qa]
     else:
-        scene, qa = (_build_where if kind == "where" else _BUILDERS[kind])(rng, res)
+        scene, qa = _BUILDERS[kind](rng, res)
         scenes, turns = [scene], [qa]
         if rng.random() < options.multi_turn_fraction:
             turns += _follow_ups(rng, scene, qa, options.max_follow_ups)

@@ -356,7 +356,6 @@ class VLTrainer(Trainer):
     def _save_rng_state(self, output_dir: str) -> None:
         if not self._own_state_files():
             return super()._save_rng_state(output_dir)
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
         trainstate.save_rng(output_dir, self._rank())
 
     def _load_rng_state(self, checkpoint: str | None) -> None:

@@ -45,6 +45,19 @@ def rng_file(rank: int | None = None) -> str:
     return "rng_state.safetensors" if rank is None else f"rng_state_{rank}.safetensors"
 
 
+def _require_file(path: Path) -> None:
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: the checkpoint is incomplete; resume from an earlier one")
+
+
+def _write_text(path: Path, text: str) -> Path:
+    """``text`` into ``path`` through a temporary name and a rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
 def _write(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """safetensors file with ``meta`` as JSON metadata, written to a temporary name then renamed."""
     tmp = path.with_name(path.name + ".tmp")
@@ -54,8 +67,7 @@ def _write(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing: the checkpoint is incomplete; resume from an earlier one")
+    _require_file(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -135,15 +147,11 @@ def load_optimizer(optimizer: torch.optim.Optimizer, directory: str | Path) -> N
 
 def save_json_state(state: dict[str, Any], path: Path) -> Path:
     """A ``state_dict()`` of numbers and lists (a scheduler's, a grad scaler's) as JSON."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_json_ready(state), indent=1))
-    tmp.replace(path)
-    return path
+    return _write_text(path, json.dumps(_json_ready(state), indent=1))
 
 
 def load_json_state(path: Path, required: str | None = None) -> dict[str, Any]:
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing: the checkpoint is incomplete; resume from an earlier one")
+    _require_file(path)
     try:
         state = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -176,6 +184,7 @@ def save_rng(directory: str | Path, rank: int | None = None) -> Path:
     meta = {"python": [version, list(internal), gauss],
             "numpy": {"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
     path = Path(directory) / rng_file(rank)
+    path.parent.mkdir(parents=True, exist_ok=True)  # a process can get here before rank 0 saved the model
     _write(path, tensors, meta)
     return path
 
@@ -194,6 +203,4 @@ def load_rng(directory: str | Path, rank: int | None = None) -> None:
 
 
 def save_training_args(args, directory: str | Path) -> Path:
-    path = Path(directory) / TRAINING_ARGS_FILE
-    path.write_text(args.to_json_string())
-    return path
+    return _write_text(Path(directory) / TRAINING_ARGS_FILE, args.to_json_string())

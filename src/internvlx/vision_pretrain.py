@@ -46,13 +46,13 @@ from .errors import CheckpointError, ConfigError
 from .images import preprocess_image
 from .synth import (
     COLOURS,
-    IMAGE_QTYPES,
     SHAPES,
     WORDS,
     Scene,
     SynthOptions,
     _draw_object,
     _draw_text,
+    format_qtype_weights,
     generate_sample,
     render_scene,
 )
@@ -354,9 +354,10 @@ def pretrain_command(directory: str | Path) -> str:
         raise CheckpointError(f"{path} is missing: {directory} was not written by `internvlx pretrain-vision`")
     used = json.loads(path.read_text())["config"]
     defaults = asdict(VisionPretrainConfig(out=""))
+
     def value(name: str, v: Any) -> str:
-        if name == "qtype_weights":  # "colour=1,shape=1,count=1,position=1,text=4"
-            return ",".join(f"{q}={float(w):g}" for q, w in zip(IMAGE_QTYPES, v, strict=True))
+        if name == "qtype_weights":
+            return format_qtype_weights(v)
         return f"{v:g}" if isinstance(v, float) else str(v)
 
     flags = "".join(f" {flag} {value(name, used[name])}"
