@@ -613,3 +613,66 @@ def test_cli_where_fraction_reaches_the_dataset(tmp_path):
     assert options["text_only_fraction"] + options["multi_image_fraction"] == pytest.approx(0.05)
     records = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
     assert sum(r["qtype"] == "where" for r in records) >= 0.7 * len(records)
+
+
+def test_hinted_position_samples_ask_both_halves_then_the_relation():
+    from collections import Counter
+
+    from internvlx.synth import SynthOptions, sample_kind
+
+    opts = SynthOptions(resolution="easy", seed=3, hinted_position_fraction=0.3, where_fraction=0.1,
+                        multi_turn_fraction=1.0, max_follow_ups=3)  # fmt: skip
+    kinds = Counter(sample_kind(i, "train", opts) for i in range(4000))
+    assert abs(kinds["hinted_position"] / 4000 - 0.3) < 0.01 and abs(kinds["where"] / 4000 - 0.1) < 0.01
+    derivable, seen = 0, 0
+    for index in range(200):
+        if sample_kind(index, "train", opts) != "hinted_position":
+            continue
+        sample = generate_sample(index, "train", opts)
+        for qa in sample.turns:
+            check_turn(qa, sample.scenes)  # every answer, hints included, recomputed from the scene
+        first, second, question = sample.turns
+        assert (first.qtype, second.qtype, question.qtype) == ("where", "where", "position")
+        axis = question.params["axis"]
+        assert first.params == {"object": question.params["a"], "axis": axis}
+        assert second.params == {"object": question.params["b"], "axis": axis}
+        seen += 1
+        if first.answer != second.answer:  # different halves: the hints decide the answer
+            derivable += 1
+            near = {"left": "left", "right": "right", "top": "above", "bottom": "below"}[first.answer]
+            assert question.answer == near
+        record = sample.record()
+        assert record["turn_qtypes"] == ["where", "where", "position"] and record["qtype"] == "where"
+    assert seen >= 45 and derivable >= 0.6 * seen
+
+
+def test_hinted_position_fraction_zero_keeps_the_data_and_must_fit():
+    from internvlx.errors import ConfigError
+    from internvlx.synth import SynthOptions
+
+    plain = SynthOptions(resolution="easy", where_fraction=0.2)
+    zero = SynthOptions(resolution="easy", where_fraction=0.2, hinted_position_fraction=0.0)
+    for index in range(40):
+        assert generate_sample(index, "train", plain) == generate_sample(index, "train", zero)
+    with pytest.raises(ConfigError, match="hinted_position_fraction"):
+        SynthOptions(where_fraction=0.5, hinted_position_fraction=0.4, caption_fraction=0.2).validate()
+    with pytest.raises(ConfigError, match="hinted_position_fraction"):
+        SynthOptions(hinted_position_fraction=1.5).validate()
+
+
+def test_cli_hinted_position_fraction_reaches_the_dataset(tmp_path):
+    import json
+
+    from internvlx.cli import main
+
+    out = tmp_path / "d"
+    assert main(["data", "synth", "--out", str(out), "--n", "50", "--resolution", "easy",
+                 "--hinted-position-fraction", "0.6", "--where-fraction", "0.2", "--no-progress"]) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["options"]["hinted_position_fraction"] == 0.6
+    assert stats["options"]["text_only_fraction"] + stats["options"]["multi_image_fraction"] == pytest.approx(0.05)
+    records = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    hinted = [r for r in records if r["turn_qtypes"] == ["where", "where", "position"]]
+    assert len(hinted) >= 0.5 * len(records)
+    assert all(len(r["conversations"]) == 6 and r["conversations"][0]["value"].startswith("<image>\n")
+               for r in hinted)  # fmt: skip

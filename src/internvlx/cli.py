@@ -135,8 +135,8 @@ def _data_synth(args: argparse.Namespace) -> int:
     from .synth import generate_synthetic
 
     # text-only and multi-image samples give way to captions (--caption-fraction 1.0 is caption-only)
-    # and to where questions
-    room = max(0.0, 1.0 - args.caption_fraction - args.where_fraction)
+    # and to where and hinted position samples
+    room = max(0.0, 1.0 - args.caption_fraction - args.where_fraction - args.hinted_position_fraction)
     text_only, multi = args.text_only_fraction, args.multi_image_fraction
     if text_only + multi > room:
         scale = room / (text_only + multi)
@@ -145,7 +145,8 @@ def _data_synth(args: argparse.Namespace) -> int:
         args.out, args.n, resolution=args.resolution, seed=args.seed, test_fraction=args.test_fraction,
         caption_fraction=args.caption_fraction, text_only_fraction=text_only, multi_image_fraction=multi,
         multi_turn_fraction=args.multi_turn_fraction, max_follow_ups=args.max_follow_ups,
-        qtype_weights=args.qtype_weights, where_fraction=args.where_fraction, overwrite=args.overwrite,
+        qtype_weights=args.qtype_weights, where_fraction=args.where_fraction,
+        hinted_position_fraction=args.hinted_position_fraction, overwrite=args.overwrite,
         progress=not args.no_progress,
     )
     print(f"wrote {args.out}: {stats['train']['n']} train / {stats['test']['n']} test "
@@ -197,6 +198,9 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--where-fraction", type=float, default=0.0,
                    help="share of 'where' questions (is the <object> in the left or the right half of the "
                         "image?), which teach where one object is; text-only and multi-image samples shrink to fit")
+    s.add_argument("--hinted-position-fraction", type=float, default=0.0,
+                   help="share of hinted position samples: where questions about both objects of a position "
+                        "question, then that question; text-only and multi-image samples shrink to fit")
     s.add_argument("--overwrite", action="store_true", help="replace a previous synthetic dataset in --out")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_data_synth)

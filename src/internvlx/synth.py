@@ -48,7 +48,10 @@ names the type of every question in a multi-turn record. Multi-image records hav
 ``compare`` ("Which image has more squares? Answer 1 or 2."); text-only: ``arith`` and
 ``word``; and, only where ``where_fraction`` asks for them, ``where`` ("Is the red star in the
 left or the right half of the image?": one object's absolute place, a step towards the relative
-``position`` questions). Every answer except captions is one lowercase word or a number.
+``position`` questions); and, only where ``hinted_position_fraction`` asks for them, *hinted*
+position samples: two ``where`` questions, one about each object of a ``position`` question
+along its axis, then that question, so that the comparison can be learned from the earlier
+answers before it must be made from the pixels alone. Every answer except captions is one lowercase word or a number.
 
 **Determinism.** Sample ``i`` of a split depends only on ``(seed, split, i)`` and the options,
 never on ``n``: a run with a larger ``n`` extends a smaller one. Train and test draw from
@@ -239,7 +242,9 @@ class SynthOptions:
     image give the image pathway more supervision for the same vision forward pass (what the
     demo model's stage 3 trains on). ``where_fraction`` is the share of ``where`` questions
     (which get follow-ups like the other single-image ones); at 0, the default, the data are
-    exactly those of before the option existed.
+    exactly those of before the option existed. ``hinted_position_fraction`` is the share of
+    hinted position samples (see the module docstring; no further follow-ups), 0 by default
+    with the same guarantee.
     """
 
     resolution: str = "low"
@@ -251,6 +256,7 @@ class SynthOptions:
     max_follow_ups: int = 2
     qtype_weights: tuple[float, ...] | None = None
     where_fraction: float = 0.0
+    hinted_position_fraction: float = 0.0
 
     def validate(self) -> SynthOptions:
         if self.resolution not in RESOLUTIONS:
@@ -260,7 +266,7 @@ class SynthOptions:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
         names = ("caption_fraction", "text_only_fraction", "multi_image_fraction",
-                 "multi_turn_fraction", "where_fraction")  # fmt: skip
+                 "multi_turn_fraction", "where_fraction", "hinted_position_fraction")  # fmt: skip
         for name in names:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
@@ -282,11 +288,11 @@ class SynthOptions:
                     f"with a positive sum, got {weights!r}"
                 )
         special = (self.caption_fraction + self.text_only_fraction + self.multi_image_fraction
-                   + self.where_fraction)  # fmt: skip
+                   + self.where_fraction + self.hinted_position_fraction)  # fmt: skip
         if special > 1 + 1e-9:
             raise ConfigError(
                 "caption_fraction + text_only_fraction + multi_image_fraction + where_fraction "
-                f"must not exceed 1, got {special:g}"
+                f"+ hinted_position_fraction must not exceed 1, got {special:g}"
             )
         return self
 
@@ -697,11 +703,17 @@ def _ask_where(rng: np.random.Generator, scene: Scene) -> QA | None:
                if _side(obj, scene, axis) is not None]  # fmt: skip
     if not options:
         return None
-    i, axis = _pick(rng, options)
-    obj = scene.objects[i]
-    first, second = WHERE_ANSWERS[axis]
+    return _where_qa(scene, *_pick(rng, options))
+
+
+def _where_qa(scene: Scene, i: int, axis: str) -> QA:
+    """The where question about object ``i`` along ``axis`` (it must lie wholly in one half)."""
+    obj, (first, second) = scene.objects[i], WHERE_ANSWERS[axis]
+    side = _side(obj, scene, axis)
+    if side is None:
+        raise ValueError(f"the {obj.name} straddles the middle of the image along {axis}")
     question = f"Is the {obj.name} in the {first} or the {second} half of the image?"
-    return QA("where", question, _side(obj, scene, axis), {"object": i, "axis": axis})
+    return QA("where", question, side, {"object": i, "axis": axis})
 
 
 def _ask_text(rng: np.random.Generator, scene: Scene) -> QA | None:
@@ -808,6 +820,16 @@ def _build_where(rng, res):
         if qa is not None:
             return scene, qa
     raise RuntimeError(f"no object of {items} ever lay in one half of the image")  # pragma: no cover
+
+
+def _build_hinted_position(rng, res) -> tuple[Scene, list[QA]]:
+    """A position question after two where questions about its two objects along its axis."""
+    for _ in range(50):  # new scenes until both objects lie wholly in one half each
+        scene, qa = _build_position(rng, res)
+        a, b, axis = qa.params["a"], qa.params["b"], qa.params["axis"]
+        if all(_side(scene.objects[k], scene, axis) is not None for k in (a, b)):
+            return scene, [_where_qa(scene, a, axis), _where_qa(scene, b, axis), qa]
+    raise RuntimeError("no position scene ever had both objects in one half each")  # pragma: no cover
 
 
 def _build_text(rng, res):
@@ -922,7 +944,7 @@ def _schedule_offset(seed: int, split: str) -> float:
 
 def sample_kind(index: int, split: str, options: SynthOptions) -> str:
     """What sample ``index`` is: a question type of :data:`IMAGE_QTYPES`, ``caption``,
-    ``text_only``, ``multi_image`` or ``where``.
+    ``text_only``, ``multi_image``, ``where`` or ``hinted_position``.
 
     Kinds follow a golden-ratio (low-discrepancy) sequence, so every prefix of a split holds
     each kind in proportion, within a couple of samples.
@@ -931,13 +953,14 @@ def sample_kind(index: int, split: str, options: SynthOptions) -> str:
     for kind, share in (("caption", options.caption_fraction),
                         ("text_only", options.text_only_fraction),
                         ("multi_image", options.multi_image_fraction),
-                        ("where", options.where_fraction)):  # fmt: skip
+                        ("where", options.where_fraction),
+                        ("hinted_position", options.hinted_position_fraction)):  # fmt: skip
         if u < share:
             return kind
         u -= share
     rest = (
         1.0 - options.caption_fraction - options.text_only_fraction - options.multi_image_fraction
-        - options.where_fraction
+        - options.where_fraction - options.hinted_position_fraction
     )
     if options.qtype_weights is None:  # equal shares: the original arithmetic, bit for bit
         k = int(u / rest * len(IMAGE_QTYPES)) if rest > 0 else 0
@@ -972,6 +995,9 @@ def generate_sample(
     elif kind == "caption":
         scene, qa = _build_caption(rng, res)
         scenes, turns = [scene], [qa]
+    elif kind == "hinted_position":
+        scene, turns = _build_hinted_position(rng, res)
+        scenes = [scene]
     else:
         scene, qa = _BUILDERS[kind](rng, res)
         scenes, turns = [scene], [qa]
@@ -1055,6 +1081,7 @@ def generate_synthetic(
     max_follow_ups: int = 2,
     qtype_weights: Sequence[float] | None = None,
     where_fraction: float = 0.0,
+    hinted_position_fraction: float = 0.0,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -1069,7 +1096,7 @@ def generate_synthetic(
     options = SynthOptions(resolution, seed, caption_fraction, text_only_fraction,
                            multi_image_fraction, multi_turn_fraction, max_follow_ups,
                            None if qtype_weights is None else tuple(qtype_weights),
-                           where_fraction).validate()  # fmt: skip
+                           where_fraction, hinted_position_fraction).validate()  # fmt: skip
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"n (number of samples) must be a positive integer, got {n!r}")
     if (
