@@ -160,8 +160,14 @@ def test_demo_recipe_configs_parse_and_chain():
     swap = RunConfig.from_yaml(root / "demo-stage12.yaml")
     assert swap.model["init"] == f"{on[-1].output_dir}/final" and swap.model["vision_init"]
     assert swap.data["meta"] == on[-1].data["meta"] and str(swap.stage) == "2"
-    seeds = {c.train["seed"] for c in [*chain, *later, *last, *on, swap]}
-    assert len(seeds) == len(chain) + len(later) + len(last) + len(on) + 1
+    # stage 13 swaps in a longer word-heavy ViT and adds the hinted-position / text-only set
+    hint = RunConfig.from_yaml(root / "demo-stage13.yaml")
+    assert hint.model["init"] == f"{swap.output_dir}/final" and hint.model["vision_init"] != swap.model["vision_init"]
+    roots = {Path(e["root"]).name for e in json.loads((root.parent / hint.data["meta"]).read_text()).values()}
+    assert roots == {Path(e["root"]).name for e in json.loads((root.parent / swap.data["meta"]).read_text()).values()
+                     } | {"synth-easy-hint"} and str(hint.stage) == "2"
+    seeds = {c.train["seed"] for c in [*chain, *later, *last, *on, swap, hint]}
+    assert len(seeds) == len(chain) + len(later) + len(last) + len(on) + 2
 
 
 def test_recipe_puts_a_stages_vision_pretraining_before_it(tmp_path):
