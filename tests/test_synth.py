@@ -676,3 +676,27 @@ def test_cli_hinted_position_fraction_reaches_the_dataset(tmp_path):
     assert len(hinted) >= 0.5 * len(records)
     assert all(len(r["conversations"]) == 6 and r["conversations"][0]["value"].startswith("<image>\n")
                for r in hinted)  # fmt: skip
+
+
+def test_hint_drop_fades_the_hints_and_keeps_the_question():
+    from collections import Counter
+
+    from internvlx.errors import ConfigError
+    from internvlx.synth import SynthOptions, sample_kind
+
+    full = SynthOptions(resolution="easy", seed=4, hinted_position_fraction=0.5)
+    faded = SynthOptions(resolution="easy", seed=4, hinted_position_fraction=0.5, hint_drop=0.5)
+    shapes = Counter()
+    for index in range(160):
+        if sample_kind(index, "train", full) != "hinted_position":
+            continue
+        whole, part = generate_sample(index, "train", full), generate_sample(index, "train", faded)
+        assert part.scenes == whole.scenes and part.turns[-1] == whole.turns[-1]  # same scene and question
+        assert all(qa in whole.turns[:2] for qa in part.turns[:-1])  # only hints are left out, in order
+        shapes[len(part.turns)] += 1
+    assert set(shapes) == {1, 2, 3} and shapes[2] > shapes[1] and shapes[2] > shapes[3]
+    gone = SynthOptions(resolution="easy", seed=4, hinted_position_fraction=0.5, hint_drop=1.0)
+    assert all(len(generate_sample(i, "train", gone).turns) == 1 for i in range(40)
+               if sample_kind(i, "train", gone) == "hinted_position")  # fmt: skip
+    with pytest.raises(ConfigError, match="hint_drop"):
+        SynthOptions(hint_drop=1.2).validate()

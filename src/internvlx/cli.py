@@ -146,7 +146,7 @@ def _data_synth(args: argparse.Namespace) -> int:
         caption_fraction=args.caption_fraction, text_only_fraction=text_only, multi_image_fraction=multi,
         multi_turn_fraction=args.multi_turn_fraction, max_follow_ups=args.max_follow_ups,
         qtype_weights=args.qtype_weights, where_fraction=args.where_fraction,
-        hinted_position_fraction=args.hinted_position_fraction, overwrite=args.overwrite,
+        hinted_position_fraction=args.hinted_position_fraction, hint_drop=args.hint_drop, overwrite=args.overwrite,
         progress=not args.no_progress,
     )
     print(f"wrote {args.out}: {stats['train']['n']} train / {stats['test']['n']} test "
@@ -201,6 +201,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--hinted-position-fraction", type=float, default=0.0,
                    help="share of hinted position samples: where questions about both objects of a position "
                         "question, then that question; text-only and multi-image samples shrink to fit")
+    s.add_argument("--hint-drop", type=float, default=0.0,
+                   help="probability of leaving out each of a hinted position sample's two where questions")
     s.add_argument("--overwrite", action="store_true", help="replace a previous synthetic dataset in --out")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_data_synth)

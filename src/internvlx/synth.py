@@ -244,7 +244,8 @@ class SynthOptions:
     (which get follow-ups like the other single-image ones); at 0, the default, the data are
     exactly those of before the option existed. ``hinted_position_fraction`` is the share of
     hinted position samples (see the module docstring; no further follow-ups), 0 by default
-    with the same guarantee.
+    with the same guarantee; ``hint_drop`` leaves out each of their two hints with that
+    probability (fading the hints: at 1 they are plain position questions).
     """
 
     resolution: str = "low"
@@ -257,6 +258,7 @@ class SynthOptions:
     qtype_weights: tuple[float, ...] | None = None
     where_fraction: float = 0.0
     hinted_position_fraction: float = 0.0
+    hint_drop: float = 0.0
 
     def validate(self) -> SynthOptions:
         if self.resolution not in RESOLUTIONS:
@@ -266,7 +268,7 @@ class SynthOptions:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
         names = ("caption_fraction", "text_only_fraction", "multi_image_fraction",
-                 "multi_turn_fraction", "where_fraction", "hinted_position_fraction")  # fmt: skip
+                 "multi_turn_fraction", "where_fraction", "hinted_position_fraction", "hint_drop")  # fmt: skip
         for name in names:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
@@ -998,6 +1000,9 @@ def generate_sample(
     elif kind == "hinted_position":
         scene, turns = _build_hinted_position(rng, res)
         scenes = [scene]
+        if options.hint_drop > 0:  # no draw at 0: the samples stay those of before the option
+            keep = [rng.random() >= options.hint_drop for _ in range(2)]
+            turns = [qa for qa, k in zip(turns, [*keep, True], strict=True) if k]
     else:
         scene, qa = _BUILDERS[kind](rng, res)
         scenes, turns = [scene], [qa]
@@ -1082,6 +1087,7 @@ def generate_synthetic(
     qtype_weights: Sequence[float] | None = None,
     where_fraction: float = 0.0,
     hinted_position_fraction: float = 0.0,
+    hint_drop: float = 0.0,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -1096,7 +1102,7 @@ def generate_synthetic(
     options = SynthOptions(resolution, seed, caption_fraction, text_only_fraction,
                            multi_image_fraction, multi_turn_fraction, max_follow_ups,
                            None if qtype_weights is None else tuple(qtype_weights),
-                           where_fraction, hinted_position_fraction).validate()  # fmt: skip
+                           where_fraction, hinted_position_fraction, hint_drop).validate()  # fmt: skip
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"n (number of samples) must be a positive integer, got {n!r}")
     if (
