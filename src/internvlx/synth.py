@@ -289,14 +289,20 @@ class SynthOptions:
                     f"qtype_weights must be {most} non-negative numbers (for {', '.join(IMAGE_QTYPES)}) "
                     f"with a positive sum, got {weights!r}"
                 )
-        special = (self.caption_fraction + self.text_only_fraction + self.multi_image_fraction
-                   + self.where_fraction + self.hinted_position_fraction)  # fmt: skip
+        special = sum(share for _, share in self.special_shares())
         if special > 1 + 1e-9:
             raise ConfigError(
                 "caption_fraction + text_only_fraction + multi_image_fraction + where_fraction "
                 f"+ hinted_position_fraction must not exceed 1, got {special:g}"
             )
         return self
+
+    def special_shares(self) -> tuple[tuple[str, float], ...]:
+        """The sample kinds with a share of their own, in schedule order; the single-image
+        question types of :data:`IMAGE_QTYPES` split what they leave."""
+        return (("caption", self.caption_fraction), ("text_only", self.text_only_fraction),
+                ("multi_image", self.multi_image_fraction), ("where", self.where_fraction),
+                ("hinted_position", self.hinted_position_fraction))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -952,18 +958,12 @@ def sample_kind(index: int, split: str, options: SynthOptions) -> str:
     each kind in proportion, within a couple of samples.
     """
     u = (_schedule_offset(options.seed, split) + index * _INV_PHI) % 1.0
-    for kind, share in (("caption", options.caption_fraction),
-                        ("text_only", options.text_only_fraction),
-                        ("multi_image", options.multi_image_fraction),
-                        ("where", options.where_fraction),
-                        ("hinted_position", options.hinted_position_fraction)):  # fmt: skip
+    rest = 1.0
+    for kind, share in options.special_shares():
         if u < share:
             return kind
         u -= share
-    rest = (
-        1.0 - options.caption_fraction - options.text_only_fraction - options.multi_image_fraction
-        - options.where_fraction - options.hinted_position_fraction
-    )
+        rest -= share  # the same subtractions, in the same order, as before: bit-identical kinds
     if options.qtype_weights is None:  # equal shares: the original arithmetic, bit for bit
         k = int(u / rest * len(IMAGE_QTYPES)) if rest > 0 else 0
         return IMAGE_QTYPES[min(k, len(IMAGE_QTYPES) - 1)]
