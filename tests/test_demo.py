@@ -166,8 +166,13 @@ def test_demo_recipe_configs_parse_and_chain():
     roots = {Path(e["root"]).name for e in json.loads((root.parent / hint.data["meta"]).read_text()).values()}
     assert roots == {Path(e["root"]).name for e in json.loads((root.parent / swap.data["meta"]).read_text()).values()
                      } | {"synth-easy-hint"} and str(hint.stage) == "2"
-    seeds = {c.train["seed"] for c in [*chain, *later, *last, *on, swap, hint]}
-    assert len(seeds) == len(chain) + len(later) + len(last) + len(on) + 2
+    # stage 15 (shipped) continues stage 13 on its mix plus a position-only set, ViT unchanged
+    pos = RunConfig.from_yaml(root / "demo-stage15.yaml")
+    assert pos.model["init"] == f"{hint.output_dir}/final" and "vision_init" not in pos.model
+    roots15 = {Path(e["root"]).name for e in json.loads((root.parent / pos.data["meta"]).read_text()).values()}
+    assert roots15 == roots | {"synth-easy-posonly"} and str(pos.stage) == "2"
+    seeds = {c.train["seed"] for c in [*chain, *later, *last, *on, swap, hint, pos]}
+    assert len(seeds) == len(chain) + len(later) + len(last) + len(on) + 3
 
 
 def test_recipe_puts_a_stages_vision_pretraining_before_it(tmp_path):
