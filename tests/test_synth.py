@@ -700,3 +700,14 @@ def test_hint_drop_fades_the_hints_and_keeps_the_question():
                if sample_kind(i, "train", gone) == "hinted_position")  # fmt: skip
     with pytest.raises(ConfigError, match="hint_drop"):
         SynthOptions(hint_drop=1.2).validate()
+
+
+def test_special_shares_over_one_are_rejected_naming_every_fraction():
+    from internvlx.errors import ConfigError
+    from internvlx.synth import SynthOptions
+
+    with pytest.raises(ConfigError) as err:
+        SynthOptions(caption_fraction=0.6, where_fraction=0.6).validate()
+    message = str(err.value)
+    assert "got 1.2" in message
+    assert all(f"{kind}_fraction" in message for kind, _ in SynthOptions().special_shares())

@@ -289,12 +289,11 @@ class SynthOptions:
                     f"qtype_weights must be {most} non-negative numbers (for {', '.join(IMAGE_QTYPES)}) "
                     f"with a positive sum, got {weights!r}"
                 )
-        special = sum(share for _, share in self.special_shares())
+        shares = self.special_shares()
+        special = sum(share for _, share in shares)
         if special > 1 + 1e-9:
-            raise ConfigError(
-                "caption_fraction + text_only_fraction + multi_image_fraction + where_fraction "
-                f"+ hinted_position_fraction must not exceed 1, got {special:g}"
-            )
+            names = " + ".join(f"{kind}_fraction" for kind, _ in shares)
+            raise ConfigError(f"{names} must not exceed 1, got {special:g}")
         return self
 
     def special_shares(self) -> tuple[tuple[str, float], ...]:
