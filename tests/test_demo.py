@@ -171,8 +171,13 @@ def test_demo_recipe_configs_parse_and_chain():
     assert pos.model["init"] == f"{hint.output_dir}/final" and "vision_init" not in pos.model
     roots15 = {Path(e["root"]).name for e in json.loads((root.parent / pos.data["meta"]).read_text()).values()}
     assert roots15 == roots | {"synth-easy-posonly"} and str(pos.stage) == "2"
-    seeds = {c.train["seed"] for c in [*chain, *later, *last, *on, swap, hint, pos]}
-    assert len(seeds) == len(chain) + len(later) + len(last) + len(on) + 3
+    # stage 17 continues stage 15 on its mix plus a colour-heavy set and a text-only set
+    more = RunConfig.from_yaml(root / "demo-stage17.yaml")
+    assert more.model["init"] == f"{pos.output_dir}/final" and "vision_init" not in more.model
+    roots17 = {Path(e["root"]).name for e in json.loads((root.parent / more.data["meta"]).read_text()).values()}
+    assert roots17 == roots15 | {"synth-easy-colour", "synth-easy-textonly"} and str(more.stage) == "2"
+    seeds = {c.train["seed"] for c in [*chain, *later, *last, *on, swap, hint, pos, more]}
+    assert len(seeds) == len(chain) + len(later) + len(last) + len(on) + 4
 
 
 def test_recipe_puts_a_stages_vision_pretraining_before_it(tmp_path):
