@@ -176,8 +176,13 @@ def test_demo_recipe_configs_parse_and_chain():
     assert more.model["init"] == f"{pos.output_dir}/final" and "vision_init" not in more.model
     roots17 = {Path(e["root"]).name for e in json.loads((root.parent / more.data["meta"]).read_text()).values()}
     assert roots17 == roots15 | {"synth-easy-colour", "synth-easy-textonly"} and str(more.stage) == "2"
-    seeds = {c.train["seed"] for c in [*chain, *later, *last, *on, swap, hint, pos, more]}
-    assert len(seeds) == len(chain) + len(later) + len(last) + len(on) + 4
+    # stage 18 continues stage 17 on the same mix, at a lower peak learning rate
+    longer = RunConfig.from_yaml(root / "demo-stage18.yaml")
+    assert longer.model["init"] == f"{more.output_dir}/final" and "vision_init" not in longer.model
+    assert longer.data["meta"] == more.data["meta"] and str(longer.stage) == "2"
+    assert longer.optim["lr"] < more.optim["lr"] and longer.optim["lr_projector"] < more.optim["lr_projector"]
+    seeds = {c.train["seed"] for c in [*chain, *later, *last, *on, swap, hint, pos, more, longer]}
+    assert len(seeds) == len(chain) + len(later) + len(last) + len(on) + 5
 
 
 def test_recipe_puts_a_stages_vision_pretraining_before_it(tmp_path):
